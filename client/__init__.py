@@ -1,0 +1,1 @@
+"""Client side: the Flower ClientApp and what a node knows about itself."""

@@ -1,0 +1,1 @@
+"""Federated unlearning on Flower: NoT, TIS, ascent baselines and Retrain, measured."""

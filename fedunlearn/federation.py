@@ -1,0 +1,96 @@
+"""The federation's data as every party derives it: data set, partitions, local splits.
+
+Server and clients call :func:`build_federation` with the same config and get the
+same partitions (everything is deterministic under ``cfg.seed``), so no sample
+ids ever travel over the network.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from fedunlearn.data import DatasetSplits, ImageData, load_dataset
+from fedunlearn.data.partition import partition, train_val_split
+
+
+@dataclass(frozen=True)
+class Federation:
+    """Data set plus each client's share of it.
+
+    Attributes
+    ----------
+    splits : DatasetSplits
+        Train data (sample ids are its row indices) and the server's test set.
+    partitions : list of numpy.ndarray
+        Sample ids of each client.
+    train_ids, val_ids : list of numpy.ndarray
+        Each client's share split train/validation.
+    """
+
+    splits: DatasetSplits
+    partitions: list[np.ndarray]
+    train_ids: list[np.ndarray]
+    val_ids: list[np.ndarray]
+
+    @property
+    def num_clients(self) -> int:
+        """Number of clients."""
+        return len(self.partitions)
+
+    def client_train(self, client: int) -> ImageData:
+        """The training data of one client."""
+        return self.splits.train.subset(self.train_ids[client])
+
+    def client_val(self, client: int) -> ImageData:
+        """The validation data of one client."""
+        return self.splits.train.subset(self.val_ids[client])
+
+
+def build_federation(cfg: DictConfig) -> Federation:
+    """Load the data set and partition it as ``cfg`` says (cached per config).
+
+    Parameters
+    ----------
+    cfg : DictConfig
+        A composed config (``seed``, ``num_clients``, ``dataset``, ``partition``).
+    """
+    key = {
+        "seed": int(cfg.seed),
+        "num_clients": int(cfg.num_clients),
+        "dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
+        "partition": OmegaConf.to_container(cfg.partition, resolve=True),
+    }
+    return _build(json.dumps(key, sort_keys=True))
+
+
+@lru_cache(maxsize=4)
+def _build(key_json: str) -> Federation:
+    key = json.loads(key_json)
+    ds, part, seed = key["dataset"], key["partition"], key["seed"]
+    splits = load_dataset(
+        ds["name"],
+        ds["root"],
+        image_size=ds["image_size"],
+        download=ds["download"],
+        seed=seed,
+        test_fraction=ds["test_fraction"],
+    )
+    partitions = partition(
+        splits.train.labels.numpy(),
+        part["scheme"],
+        key["num_clients"],
+        seed,
+        beta=part["beta"],
+    )
+    train_ids, val_ids = [], []
+    for client, ids in enumerate(partitions):
+        # A distinct seed per client, so that the split does not repeat across clients.
+        tr, va = train_val_split(ids, part["val_fraction"], seed * 1000 + client)
+        train_ids.append(tr)
+        val_ids.append(va)
+    return Federation(splits, partitions, train_ids, val_ids)

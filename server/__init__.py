@@ -1,0 +1,1 @@
+"""Server side: the Flower ServerApp, the round driver, checkpoints, progress."""

@@ -1,0 +1,52 @@
+"""The Flower ServerApp: one job for every runtime.
+
+Deployment loads the module-level ``app``, which rebuilds the config from the
+run config's ``overrides``; simulation builds an app around an already composed
+config with :func:`make_server_app`. Both run :func:`run_job`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+from omegaconf import DictConfig
+
+from fedunlearn.config import compose, parse_overrides
+from server.progress import setup_logging
+from server.training import TrainOutcome, train_global
+
+
+def run_job(grid: Grid, cfg: DictConfig, out_dir: Path) -> TrainOutcome:
+    """The server's job: train (or reuse) the global model and write its results."""
+    setup_logging(str(cfg.flower_log_level))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return train_global(grid, cfg, out_dir)
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Deployment entry point: config from the run config, then :func:`run_job`."""
+    cfg = compose(parse_overrides(str(context.run_config.get("overrides", ""))))
+    out = str(context.run_config.get("output-dir", "")) or f"outputs/flwr-run-{context.run_id}"
+    run_job(grid, cfg, Path(out))
+
+
+def make_server_app(cfg: DictConfig, out_dir: Path, sink: dict[str, Any]) -> ServerApp:
+    """A ServerApp bound to ``cfg`` (simulation); its outcome or error lands in ``sink``."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        try:
+            sink["outcome"] = run_job(grid, cfg, out_dir)
+        except BaseException as exc:  # re-raised by the caller, outside Flower's thread
+            sink["error"] = exc
+            raise
+
+    return server_app

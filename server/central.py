@@ -1,0 +1,36 @@
+"""Centralized evaluation of the global model on the server's test set."""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ArrayRecord
+from omegaconf import DictConfig
+
+from fedunlearn.federation import Federation
+from fedunlearn.models import build_model
+from fedunlearn.training import evaluate, pick_device
+
+
+class CentralEvaluator:
+    """Evaluates arrays on the test set, reusing one model instance across rounds."""
+
+    def __init__(self, cfg: DictConfig, federation: Federation) -> None:
+        splits = federation.splits
+        self.device = pick_device(cfg.runtime.device)
+        self.model = build_model(
+            cfg.model.name, splits.num_classes, splits.in_shape, **dict(cfg.model.options or {})
+        ).to(self.device)
+        self.test = splits.test
+        self.batch_size = int(cfg.train.eval_batch_size)
+
+    def load(self, arrays: ArrayRecord | dict[str, torch.Tensor]) -> torch.nn.Module:
+        """Put ``arrays`` into the evaluation model and return it."""
+        state = arrays.to_torch_state_dict() if isinstance(arrays, ArrayRecord) else arrays
+        self.model.load_state_dict(state)
+        return self.model
+
+    def __call__(self, arrays: ArrayRecord) -> dict[str, float]:
+        """Test accuracy (fraction) and mean loss of ``arrays``."""
+        stats = evaluate(self.load(arrays), self.test.images, self.test.labels,
+                         batch_size=self.batch_size, device=self.device)
+        return {"test_accuracy": stats.accuracy, "test_loss": stats.loss}

@@ -1,0 +1,52 @@
+"""Global-model checkpoints: final weights saved together with the initial ones.
+
+TIS resets parameters to their pre-training values, so the initial weights are
+part of every checkpoint. Checkpoints are cached by the config fingerprint, so a
+converged model is reloaded instead of retrained while its config is unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+StateDict = dict[str, torch.Tensor]
+
+
+@dataclass
+class Checkpoint:
+    """A trained global model and how it came to be."""
+
+    fingerprint: str
+    initial: StateDict
+    final: StateDict
+    history: list[dict]
+    config: dict
+
+    def save(self, path: Path) -> None:
+        """Write the checkpoint atomically (a crash never leaves half a file)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.__dict__, tmp)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> Checkpoint:
+        """Read a checkpoint written by :meth:`save`."""
+        return cls(**torch.load(path, map_location="cpu", weights_only=True))
+
+
+def cache_path(cache_dir: str | Path, fingerprint: str) -> Path:
+    """Where the checkpoint of the config with ``fingerprint`` is cached."""
+    return Path(cache_dir) / fingerprint / "global.pt"
+
+
+def cached(cache_dir: str | Path, fingerprint: str) -> Checkpoint | None:
+    """The cached checkpoint for ``fingerprint``, or ``None`` when there is none."""
+    path = cache_path(cache_dir, fingerprint)
+    if not path.exists():
+        return None
+    ckpt = Checkpoint.load(path)
+    return ckpt if ckpt.fingerprint == fingerprint else None

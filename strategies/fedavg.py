@@ -1,0 +1,119 @@
+"""FedAvg over an explicit set of nodes, refusing malformed replies, summing costs."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterable, Sequence
+
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from strategies.replies import Signature, check_train_reply, signature
+
+# Extensive client metrics: their federation total is the sum, not a weighted mean.
+LOG = logging.getLogger("fedunlearn")
+
+SUMMED_METRICS = ("num-examples", "flops", "bytes-received", "bytes-sent", "train-seconds")
+
+
+def aggregate_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
+    """Sum the extensive metrics (costs, counts) and weight-average the others.
+
+    Parameters
+    ----------
+    records : list of RecordDict
+        Reply contents, each with one MetricRecord.
+    weight_key : str
+        The example-count metric used as the averaging weight.
+    """
+    metric_records = [next(iter(r.metric_records.values())) for r in records]
+    total = sum(float(m[weight_key]) for m in metric_records)
+    out = MetricRecord()
+    for key in metric_records[0].keys():
+        values = [m[key] for m in metric_records if key in m]
+        if key in SUMMED_METRICS:
+            out[key] = sum(values)
+        else:
+            weights = [float(m[weight_key]) for m in metric_records if key in m]
+            out[key] = sum(w * float(v) for w, v in zip(weights, values, strict=True)) / total
+    return out
+
+
+class FederatedAveraging(FedAvg):
+    """FedAvg that trains a chosen subset of nodes and refuses malformed replies.
+
+    Parameters
+    ----------
+    participants : sequence of int, optional
+        Node ids allowed to train; ``None`` means every connected node. Unlearning
+        phases use this to leave client-wise targets out.
+    fraction_train : float
+        Share of the participants sampled each round (at least one).
+    seed : int
+        Seeds the per-round sampling, so that a run repeats exactly.
+    """
+
+    def __init__(
+        self,
+        participants: Sequence[int] | None = None,
+        fraction_train: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            fraction_train=fraction_train,
+            fraction_evaluate=0.0,
+            min_train_nodes=1,
+            min_available_nodes=1,
+            train_metrics_aggr_fn=aggregate_metrics,
+        )
+        self.participants = list(participants) if participants is not None else None
+        self._rng = random.Random(seed)
+        self._expected: Signature = {}
+        # (round, node id, reason) for every reply refused so far.
+        self.refused: list[tuple[int, int, str]] = []
+
+    def select_nodes(self, grid: Grid) -> list[int]:
+        """The nodes that train this round: a seeded sample of the participants."""
+        pool = sorted(self.participants if self.participants is not None else grid.get_node_ids())
+        if not pool:
+            return []
+        size = max(1, round(len(pool) * self.fraction_train))
+        return sorted(self._rng.sample(pool, size)) if size < len(pool) else pool
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """One training message per selected node, carrying the global arrays."""
+        self._expected = signature(arrays)
+        config["server-round"] = server_round
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return [
+            Message(content=record, message_type=MessageType.TRAIN, dst_node_id=node_id)
+            for node_id in self.select_nodes(grid)
+        ]
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Weighted average of the usable replies; the others are logged and recorded."""
+        usable = []
+        for msg in replies:
+            reason = check_train_reply(
+                msg, self._expected, self.weighted_by_key, self.arrayrecord_key
+            )
+            if reason is None:
+                usable.append(msg)
+            else:
+                node = msg.metadata.src_node_id
+                LOG.warning("round %d: refused reply of node %d: %s", server_round, node, reason)
+                self.refused.append((server_round, node, reason))
+        return super().aggregate_train(server_round, usable)

@@ -1,0 +1,1 @@
+"""Tests of fedunlearn.data (a package, so its test modules do not clash with tests/models/)."""

@@ -1,0 +1,61 @@
+"""The main command in Flower's Ray simulation: trains, records, caches, refuses."""
+
+import json
+import subprocess
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.integration
+
+FAST = ["dataset=digits", "num_clients=2", "train.rounds=2", "runtime.num_cpus=2"]
+
+
+def run(cmd, tmp_path, *overrides):
+    return subprocess.run(
+        [*cmd, "train", *FAST, f"cache_dir={tmp_path / 'cache'}",
+         f"hydra.run.dir={tmp_path / 'out'}", *overrides],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+
+
+def test_two_rounds_then_reuse(fedunlearn_cmd, tmp_path):
+    first = run(fedunlearn_cmd, tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    out = tmp_path / "out"
+    rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert rounds[-1]["client_metrics"]["num-examples"] > 0
+    assert rounds[-1]["client_metrics"]["flops"] > 0
+    assert rounds[-1]["client_metrics"]["bytes-sent"] > 0
+    summary = json.loads((out / "train.json").read_text())
+    assert summary["test_accuracy"] > 0.3  # 10 classes: chance is 0.1
+    assert not summary["reused"]
+    ckpt = torch.load(out / "global.pt", weights_only=True)
+    assert set(ckpt["initial"]) == set(ckpt["final"])
+    assert any(not torch.equal(ckpt["initial"][k], ckpt["final"][k]) for k in ckpt["final"])
+    assert "round 2/2 test acc" in first.stderr  # progress shown
+
+    (out / "metrics.jsonl").unlink()
+    second = run(fedunlearn_cmd, tmp_path)
+    assert second.returncode == 0, second.stderr[-2000:]
+    again = json.loads((out / "train.json").read_text())
+    assert again["reused"] and again["test_accuracy"] == summary["test_accuracy"]
+    assert not (out / "metrics.jsonl").exists()  # no round was run
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("dataset=nope", "bad config override"),
+        ("model.name=vgg", "unknown model 'vgg'"),
+        ("partition=dirichlet partition.beta=0", "partition.beta must be > 0"),
+        ("dataset=cifar10", "dataset.root"),
+        ("num_clients=5000", "5000"),
+    ],
+)
+def test_bad_input_one_line(fedunlearn_cmd, tmp_path, override, needle):
+    done = run(fedunlearn_cmd, tmp_path, *override.split())
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("fedunlearn: error:")]
+    assert len(errors) == 1 and needle in errors[0], done.stderr[-1500:]
