@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-from flwr.app import Context, Message
+from flwr.app import ConfigRecord, Context, Message
 from omegaconf import DictConfig
 
 from fedunlearn.config import ConfigError, from_payload
+from fedunlearn.data import ImageData
 from fedunlearn.federation import Federation, build_federation
 from fedunlearn.models import build_model
 from fedunlearn.training import pick_device
@@ -33,6 +35,70 @@ class NodeView:
         return build_model(
             self.cfg.model.name, splits.num_classes, splits.in_shape, **options
         ).to(self.device)
+
+
+    def forget_ids(self, request_json: str) -> np.ndarray:
+        """This client's training ids that ``request_json`` asks to forget (maybe none)."""
+        if not request_json:
+            return np.empty(0, dtype=np.int64)
+        return _forget_ids(self.federation, request_json, self.partition_id)
+
+    def local_data(self, which: str, request_json: str = "") -> ImageData:
+        """This client's training data: ``all``, ``retain`` (all but the forget ids) or
+        ``forget`` (the forget ids only)."""
+        ids = self.federation.train_ids[self.partition_id]
+        if which == "all":
+            chosen = ids
+        elif which in ("retain", "forget"):
+            forget = self.forget_ids(request_json)
+            chosen = np.setdiff1d(ids, forget) if which == "retain" else forget
+        else:
+            raise ConfigError(f"unknown data selection '{which}'; known: all, retain, forget")
+        return self.federation.splits.train.subset(chosen)
+
+
+def _forget_ids(federation: Federation, request_json: str, client: int) -> np.ndarray:
+    # Materializing is a few numpy set operations: cheap enough to redo per message.
+    from fedunlearn.requests import ForgetRequest, materialize
+
+    request = ForgetRequest.from_json(request_json)
+    forget = materialize(request, federation.train_ids,
+                         federation.splits.train.labels.numpy(), federation.poisoned)
+    return forget.ids_by_client.get(client, np.empty(0, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class TrainOrder:
+    """What the server asks of one training message (keys of its ConfigRecord).
+
+    ``data``: all, retain or forget; ``mode``: descent, ascent (maximize the loss)
+    or gda (per epoch: ascent on forget data, then descent on retained data).
+    """
+
+    data: str
+    mode: str
+    lr: float
+    epochs: int
+    grad_clip: float | None
+    request: str
+
+    MODES = ("descent", "ascent", "gda")
+
+    @classmethod
+    def from_config(cls, config: ConfigRecord, cfg: DictConfig) -> TrainOrder:
+        """Read the order, defaulting to plain FedAvg training from ``cfg.train``."""
+        mode = str(config.get("mode", "descent"))
+        if mode not in cls.MODES:
+            raise ConfigError(f"unknown training mode '{mode}'; known: {', '.join(cls.MODES)}")
+        clip = float(config.get("grad-clip", 0.0))
+        return cls(
+            data=str(config.get("data", "all")),
+            mode=mode,
+            lr=float(config.get("lr", cfg.train.lr)),
+            epochs=int(config.get("epochs", cfg.train.local_epochs)),
+            grad_clip=clip if clip > 0 else None,
+            request=str(config.get("request", "")),
+        )
 
 
 def partition_id(context: Context, num_clients: int | None = None) -> int:

@@ -24,8 +24,14 @@ LOG = logging.getLogger("fedunlearn")
 USAGE = """usage: fedunlearn COMMAND [--multirun] [OVERRIDE ...]
 
 commands:
-  train    train the global model with FedAvg (simulation by default;
-           runtime=deployment starts a local SuperLink and SuperNodes)
+  run      the whole story: train the global model (or reuse the cached one), take
+           the forget requests (scenario=client|class|instance|backdoor|none), answer
+           each with every method in unlearn.methods, write report.md, JSON, plots
+  train    train the global model with FedAvg only
+  forget   record a forget request on a client machine (see `fedunlearn forget -h`)
+
+runtime=simulation (default) runs Flower's Ray simulation; runtime=deployment starts a
+local SuperLink and SuperNodes and runs the same apps over gRPC.
 
 overrides are Hydra's, e.g. `fedunlearn train model=cnn_nonorm train.rounds=5 num_clients=4`;
 `fedunlearn train --cfg job` prints the composed config."""
@@ -47,8 +53,18 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+def run_task(cfg: DictConfig) -> float:
+    """Hydra task of ``fedunlearn run``: training, requests, methods, report."""
+    return _job(cfg, "run")
+
+
 def train_task(cfg: DictConfig) -> float:
-    """Hydra task of ``fedunlearn train``: run the job with the configured runtime."""
+    """Hydra task of ``fedunlearn train``: training only."""
+    return _job(cfg, "train")
+
+
+def _job(cfg: DictConfig, job: str) -> float:
+    """Run ``job`` with the configured runtime; return the global model's test accuracy."""
     from server.progress import setup_logging
 
     setup_logging(str(cfg.flower_log_level))
@@ -61,18 +77,24 @@ def train_task(cfg: DictConfig) -> float:
         from fedunlearn.federation import build_federation
 
         build_federation(cfg)
+        from strategies import check_methods
+
+        check_methods(list(cfg.unlearn.methods))
         if cfg.runtime.name == "deployment":
             from fedunlearn.runtime.deployment import deploy
 
-            deploy(cfg, list(hydra_cfg.overrides.task), out_dir)
+            deploy(cfg, list(hydra_cfg.overrides.task), out_dir, job)
             accuracy = float(_read_json(out_dir / "train.json")["test_accuracy"])
         else:
             from fedunlearn.runtime.simulation import simulate
 
-            accuracy = simulate(cfg, out_dir).test_accuracy
+            accuracy = simulate(cfg, out_dir, job).test_accuracy
     except _user_errors() as exc:
         _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-    print(f"test accuracy {100 * accuracy:.2f}%  (results in {out_dir})")
+    report = out_dir / "report.md"
+    print(f"global model test accuracy {100 * accuracy:.2f}%  (results in {out_dir})")
+    if job == "run" and report.exists():
+        print(f"unlearning report: {report}")
     return accuracy
 
 
@@ -82,7 +104,7 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-COMMANDS: dict[str, Callable[[DictConfig], object]] = {"train": train_task}
+COMMANDS: dict[str, Callable[[DictConfig], object]] = {"run": run_task, "train": train_task}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -92,8 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = args[0], args[1:]
+    if command == "forget":
+        from fedunlearn.outbox import forget_command
+
+        return forget_command(rest)
     if command not in COMMANDS:
-        _fail(f"unknown command '{command}'; known: {', '.join(COMMANDS)}")
+        _fail(f"unknown command '{command}'; known: {', '.join([*COMMANDS, 'forget'])}")
     # Check a single run's overrides up front: Hydra's own errors span many lines.
     if not any(a.startswith("-") for a in rest):
         try:

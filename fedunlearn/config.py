@@ -22,7 +22,7 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 # Sections that decide what a trained global model is; the training cache key and
 # the payload every client receives are built from these.
-TRAINING_SECTIONS = ("seed", "num_clients", "dataset", "partition", "model", "train")
+TRAINING_SECTIONS = ("seed", "num_clients", "dataset", "partition", "model", "train", "attack")
 
 
 class ConfigError(ValueError):

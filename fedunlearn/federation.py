@@ -8,13 +8,13 @@ ids ever travel over the network.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from fedunlearn.data import DatasetSplits, ImageData, load_dataset
+from fedunlearn.data import DatasetSplits, ImageData, backdoor, load_dataset, poison
 from fedunlearn.data.partition import partition, train_val_split
 
 
@@ -29,13 +29,18 @@ class Federation:
     partitions : list of numpy.ndarray
         Sample ids of each client.
     train_ids, val_ids : list of numpy.ndarray
-        Each client's share split train/validation.
+        Each client's share split train/validation. Forget sets are drawn from
+        ``train_ids``: only samples the model was trained on can be forgotten.
+    poisoned : dict of int to numpy.ndarray
+        Per attacking client, the training ids that carry a backdoor trigger and
+        the attack's target label (already applied to ``splits.train``).
     """
 
     splits: DatasetSplits
     partitions: list[np.ndarray]
     train_ids: list[np.ndarray]
     val_ids: list[np.ndarray]
+    poisoned: dict[int, np.ndarray]
 
     @property
     def num_clients(self) -> int:
@@ -64,6 +69,7 @@ def build_federation(cfg: DictConfig) -> Federation:
         "num_clients": int(cfg.num_clients),
         "dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
         "partition": OmegaConf.to_container(cfg.partition, resolve=True),
+        "attack": OmegaConf.to_container(cfg.attack, resolve=True),
     }
     return _build(json.dumps(key, sort_keys=True))
 
@@ -93,4 +99,15 @@ def _build(key_json: str) -> Federation:
         tr, va = train_val_split(ids, part["val_fraction"], seed * 1000 + client)
         train_ids.append(tr)
         val_ids.append(va)
-    return Federation(splits, partitions, train_ids, val_ids)
+    poisoned: dict[int, np.ndarray] = {}
+    attack = key["attack"]
+    if attack["name"] == "backdoor":
+        chosen = backdoor(train_ids, splits.train.labels.numpy(), int(attack["client"]),
+                          float(attack["fraction"]), int(attack["target"]), seed)
+        poisoned = dict(chosen.ids_by_client)
+        train = poison(splits.train, chosen.all_ids, int(attack["target"]),
+                       int(attack["size"]), str(attack["corner"]))
+        splits = replace(splits, train=train)
+    elif attack["name"] != "none":
+        raise ValueError(f"unknown attack '{attack['name']}'; known: none, backdoor")
+    return Federation(splits, partitions, train_ids, val_ids, poisoned)

@@ -18,12 +18,22 @@ from fedunlearn.config import compose, parse_overrides
 from server.progress import setup_logging
 from server.training import TrainOutcome, train_global
 
+JOBS = ("train", "run")
 
-def run_job(grid: Grid, cfg: DictConfig, out_dir: Path) -> TrainOutcome:
-    """The server's job: train (or reuse) the global model and write its results."""
+
+def run_job(grid: Grid, cfg: DictConfig, out_dir: Path, job: str = "run") -> TrainOutcome:
+    """The server's job: train (or reuse) the global model; for ``run`` also take the
+    forget requests, answer each with every configured method and write the report."""
+    if job not in JOBS:
+        raise ValueError(f"unknown job '{job}'; known: {', '.join(JOBS)}")
     setup_logging(str(cfg.flower_log_level))
     out_dir.mkdir(parents=True, exist_ok=True)
-    return train_global(grid, cfg, out_dir)
+    outcome = train_global(grid, cfg, out_dir)
+    if job == "run":
+        from server.report import report_requests
+
+        report_requests(grid, cfg, outcome, out_dir)
+    return outcome
 
 
 app = ServerApp()
@@ -34,17 +44,19 @@ def main(grid: Grid, context: Context) -> None:
     """Deployment entry point: config from the run config, then :func:`run_job`."""
     cfg = compose(parse_overrides(str(context.run_config.get("overrides", ""))))
     out = str(context.run_config.get("output-dir", "")) or f"outputs/flwr-run-{context.run_id}"
-    run_job(grid, cfg, Path(out))
+    run_job(grid, cfg, Path(out), str(context.run_config.get("job", "run")))
 
 
-def make_server_app(cfg: DictConfig, out_dir: Path, sink: dict[str, Any]) -> ServerApp:
+def make_server_app(
+    cfg: DictConfig, out_dir: Path, sink: dict[str, Any], job: str = "run"
+) -> ServerApp:
     """A ServerApp bound to ``cfg`` (simulation); its outcome or error lands in ``sink``."""
     server_app = ServerApp()
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
         try:
-            sink["outcome"] = run_job(grid, cfg, out_dir)
+            sink["outcome"] = run_job(grid, cfg, out_dir, job)
         except BaseException as exc:  # re-raised by the caller, outside Flower's thread
             sink["error"] = exc
             raise

@@ -30,6 +30,7 @@ class RoundRecord:
     nodes: int
     refused: int
     seconds: float
+    eval_seconds: float = 0.0
     client_metrics: dict[str, float] = field(default_factory=dict)
     evaluation: dict[str, float] = field(default_factory=dict)
 
@@ -99,17 +100,20 @@ def run_rounds(
             raise RoundError(f"{phase} round {rnd}: no usable reply from {len(messages)} "
                              f"node(s){': ' + reasons if reasons else ''}")
         arrays = new_arrays
+        eval_started = time.perf_counter()
+        evaluation = evaluate(arrays) if evaluate else {}
+        finished = time.perf_counter()
         record = RoundRecord(
             phase=phase,
             round=rnd,
             rounds=rounds,
             nodes=len(messages),
             refused=len(refused),
-            seconds=0.0,
+            seconds=finished - started,
+            eval_seconds=finished - eval_started,
             client_metrics={k: float(v) for k, v in (metrics or {}).items()},
-            evaluation=evaluate(arrays) if evaluate else {},
+            evaluation=evaluation,
         )
-        record.seconds = time.perf_counter() - started
         if on_round:
             on_round(record)
     return arrays

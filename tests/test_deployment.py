@@ -6,11 +6,14 @@ process group it started is gone.
 
 import json
 import os
+import subprocess
 
 import pytest
 
 from fedunlearn.config import compose
-from fedunlearn.runtime.deployment import DeploymentError, deploy
+from fedunlearn.ledger import Ledger
+from fedunlearn.outbox import Outbox
+from fedunlearn.runtime.deployment import DeploymentError, deploy, outbox_path
 from tests.conftest import free_ports
 
 pytestmark = pytest.mark.integration
@@ -33,8 +36,16 @@ def assert_all_stopped(groups):
         assert name
 
 
-def test_two_rounds_over_grpc(tmp_path):
-    args = overrides(tmp_path)
+def test_two_rounds_over_grpc_then_a_clients_request(tmp_path, fedunlearn_cmd):
+    home = tmp_path / "flwr"
+    # On client 1's machine, its user asks to forget half of its samples.
+    recorded = subprocess.run(
+        [*fedunlearn_cmd, "forget", "--outbox", str(outbox_path(home, 1)), "--client", "1",
+         "--kind", "instance", "--fraction", "0.5"], capture_output=True, text=True)
+    assert recorded.returncode == 0, recorded.stderr
+    request_id = recorded.stdout.split()[-1]
+    args = overrides(tmp_path, f"runtime.flwr_home={home}", "scenario=none",
+                     "unlearn.methods=[FT]", "unlearn.recovery_rounds=1")
     result = deploy(compose(args), args, tmp_path / "out")
     assert result["status"] == "finished:completed"
     summary = json.loads((tmp_path / "out" / "train.json").read_text())
@@ -42,6 +53,11 @@ def test_two_rounds_over_grpc(tmp_path):
     assert len(summary["history"]) == 2 and len(summary["nodes"]) == 2
     assert "round 2/2" in (tmp_path / "out" / "serverapp.log").read_text()
     assert_all_stopped(result["process_groups"])
+    # The request travelled with the node's reply, was answered and acknowledged.
+    with Ledger(tmp_path / "out" / "ledger.sqlite") as ledger:
+        entry = ledger.get(request_id)
+        assert entry.state == "done" and set(ledger.receipts(request_id)) == {"FT"}
+    assert Outbox(outbox_path(home, 1)).unsent() == []
 
 
 def test_failed_run_is_an_error(tmp_path):

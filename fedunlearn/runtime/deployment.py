@@ -139,6 +139,10 @@ class LocalCluster:
     home: Path
     services: list[Service] = field(default_factory=list)
 
+    def outbox(self, node: int) -> Path:
+        """Node ``node``'s request outbox (``fedunlearn forget --outbox`` writes it)."""
+        return outbox_path(self.home, node)
+
     @property
     def control_address(self) -> str:
         """Where ``flwr`` reaches the SuperLink's Control API."""
@@ -178,7 +182,8 @@ class LocalCluster:
                 "flower-supernode", "--insecure",
                 "--superlink", self.control_address,
                 "--host", host, "--port", str(rt.clientappio_base_port + i),
-                "--node-config", f"partition-id={i} num-partitions={self.num_nodes}",
+                "--node-config", f"partition-id={i} num-partitions={self.num_nodes} "
+                                 f"outbox={self.outbox(i)}",
             ])
         return self
 
@@ -197,6 +202,11 @@ class LocalCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def outbox_path(home: Path, node: int) -> Path:
+    """Where the local cluster's SuperNode ``node`` keeps its request outbox."""
+    return home / "outbox" / f"node-{node}.sqlite"
 
 
 def write_connection(home: Path, name: str, address: str) -> Path:
@@ -258,7 +268,7 @@ def run_logs(home: Path, run_id: int, connection: str = CONNECTION) -> str:
     return _flwr(["log", str(run_id), connection, "--show"], home, timeout=120)
 
 
-def deploy(cfg: DictConfig, overrides: list[str], out_dir: Path) -> dict:
+def deploy(cfg: DictConfig, overrides: list[str], out_dir: Path, job: str = "run") -> dict:
     """Start a local cluster, run the app over gRPC, stop the cluster.
 
     Parameters
@@ -269,6 +279,8 @@ def deploy(cfg: DictConfig, overrides: list[str], out_dir: Path) -> dict:
         The Hydra overrides that composed ``cfg``; the ServerApp recomposes from them.
     out_dir : Path
         Results folder (absolute paths are passed to the ServerApp).
+    job : str
+        ``run`` (train, answer requests, report) or ``train``.
 
     Raises
     ------
@@ -287,7 +299,7 @@ def deploy(cfg: DictConfig, overrides: list[str], out_dir: Path) -> dict:
         LOG.info("SuperLink and %d SuperNodes up at %s (logs in %s)",
                  cfg.num_clients, cluster.control_address, home / "logs")
         run_id, status = submit(
-            home, {"overrides": " ".join(pinned), "output-dir": str(out_dir)},
+            home, {"overrides": " ".join(pinned), "output-dir": str(out_dir), "job": job},
             timeout=float(cfg.runtime.run_timeout),
         )
         logs = run_logs(home, run_id)

@@ -23,7 +23,7 @@ def backend_config(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def simulate(cfg: DictConfig, out_dir: Path) -> Any:
+def simulate(cfg: DictConfig, out_dir: Path, job: str = "run") -> Any:
     """Run the server job in Flower's simulation runtime; return its outcome.
 
     Raises
@@ -41,7 +41,7 @@ def simulate(cfg: DictConfig, out_dir: Path) -> Any:
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     sink: dict[str, Any] = {}
     run_simulation(
-        server_app=make_server_app(cfg, out_dir, sink),
+        server_app=make_server_app(cfg, out_dir, sink, job),
         client_app=client_app,
         num_supernodes=int(cfg.num_clients),
         backend_config=backend_config(cfg),

@@ -1,0 +1,51 @@
+"""Evaluation of unlearning: per-model metrics and the report over methods and seeds."""
+
+from fedunlearn.evaluation.metrics import (
+    FEATURE_NAMES,
+    GAP_KEYS,
+    accuracy,
+    average_gap,
+    backdoor_metrics,
+    evaluate_unlearning,
+    klom,
+    margins,
+    mia_attack,
+    mia_efficacy,
+    nfs,
+    nta,
+    rtr,
+    sample_features,
+)
+from fedunlearn.evaluation.report import (
+    CURVE_METRICS,
+    DELTA_KEYS,
+    MATCH_KEYS,
+    add_gaps,
+    summarize,
+    tradeoff_plot,
+    write_report,
+)
+
+__all__ = [
+    "CURVE_METRICS",
+    "DELTA_KEYS",
+    "FEATURE_NAMES",
+    "GAP_KEYS",
+    "MATCH_KEYS",
+    "accuracy",
+    "add_gaps",
+    "average_gap",
+    "backdoor_metrics",
+    "evaluate_unlearning",
+    "klom",
+    "margins",
+    "mia_attack",
+    "mia_efficacy",
+    "nfs",
+    "nta",
+    "rtr",
+    "sample_features",
+    "summarize",
+    "tradeoff_plot",
+    "write_report",
+]

@@ -1,0 +1,328 @@
+"""Phase two: take forget requests into the ledger and answer each with every method.
+
+For each pending request the server materializes the forget set, evaluates the
+trained model, runs each configured method (perturbation, then its FedAvg
+phases through the round driver), evaluates every round, and writes a receipt
+per method to the ledger and the run folder. A request left ``running`` by a
+crash resumes on restart; methods that already have a receipt are not re-run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+from omegaconf import DictConfig, OmegaConf
+
+from client.node import PAYLOAD_KEY
+from fedunlearn.config import to_payload
+from fedunlearn.data import ForgetSet, add_trigger
+from fedunlearn.evaluation import evaluate_unlearning
+from fedunlearn.federation import Federation
+from fedunlearn.ledger import Ledger, digest
+from fedunlearn.requests import ForgetRequest, RequestRefused, materialize, scenario_request
+from server.central import CentralEvaluator
+from server.methods import make_strategy
+from server.rounds import RoundRecord, run_rounds
+from server.training import TrainOutcome
+from strategies import Targets
+
+LOG = logging.getLogger("fedunlearn")
+StateDict = dict[str, torch.Tensor]
+
+
+def scheduled_request(cfg: DictConfig) -> ForgetRequest | None:
+    """The request the scenario schedules after training (or ``None``).
+
+    Its id is a digest of its content, so a restarted server does not add it twice.
+    """
+    spec = cfg.scenario.request
+    if spec is None:
+        return None
+    content = OmegaConf.to_container(spec, resolve=True)
+    assert isinstance(content, dict)
+    return scenario_request({"seed": int(cfg.seed), **content})
+
+
+def poll_requests(
+    grid: Grid, nodes: dict[int, int], timeout: float, ack: dict[int, list[str]] | None = None
+) -> list[tuple[int, str]]:
+    """Ask every node for the requests its users recorded (``query.requests``).
+
+    Parameters
+    ----------
+    ack : dict of partition id to request ids, optional
+        Requests the ledger has recorded durably; their nodes mark them sent.
+
+    Returns
+    -------
+    list of (partition id, request JSON)
+    """
+    by_node = {node: pid for pid, node in nodes.items()}
+    messages = []
+    for pid, node in nodes.items():
+        ids = (ack or {}).get(pid, [])
+        content = RecordDict({"ack": ConfigRecord({str(i): rid for i, rid in enumerate(ids)})})
+        messages.append(Message(content, message_type="query.requests", dst_node_id=node))
+    found = []
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            LOG.warning("node %d did not answer the request poll: %s", node, reply.error.reason)
+            continue
+        record = reply.content.config_records.get("requests", ConfigRecord())
+        found.extend((by_node[node], str(body)) for body in record.values())
+    return found
+
+
+def take_requests(grid: Grid, cfg: DictConfig, nodes: dict[int, int], ledger: Ledger) -> None:
+    """Record the scenario's request and the nodes' requests in the ledger.
+
+    Recording is idempotent (by request id), so a request re-sent after a restart
+    is neither lost nor duplicated. Malformed ones are refused with their reason.
+    """
+    request = scheduled_request(cfg)
+    if request is not None and ledger.record(request):
+        LOG.info("request %s received: %s-wise from client %d (scenario)",
+                 request.request_id, request.kind, request.client)
+    timeout = float(cfg.train.round_timeout)
+    recorded: dict[int, list[str]] = {}
+    for pid, body in poll_requests(grid, nodes, timeout):
+        try:
+            request = ForgetRequest.from_json(body)
+        except RequestRefused as exc:
+            LOG.warning("refused a malformed request from client %d: %s", pid, exc)
+            continue
+        if request.client != pid:
+            ledger.refuse(request, f"client {pid} sent a request in the name of client "
+                                   f"{request.client}")
+        elif ledger.record(request):
+            LOG.info("request %s received: %s-wise from client %d",
+                     request.request_id, request.kind, pid)
+        recorded.setdefault(pid, []).append(request.request_id)
+    if recorded:
+        poll_requests(grid, {pid: nodes[pid] for pid in recorded}, timeout, ack=recorded)
+
+
+@dataclass
+class EvalSets:
+    """The data a request is judged on: retained, forget and test samples."""
+
+    retain_ids: np.ndarray
+    forget_ids: np.ndarray
+    backdoor: dict[str, Any] | None = None
+
+
+class UnlearningEvaluator:
+    """Retain/forget/test accuracy, MIA (and backdoor metrics) of arrays, per round."""
+
+    def __init__(self, cfg: DictConfig, federation: Federation, central: CentralEvaluator,
+                 sets: EvalSets) -> None:
+        train = federation.splits.train
+        self.central = central
+        self.retain = train.subset(sets.retain_ids)
+        self.forget = train.subset(sets.forget_ids)
+        self.test = federation.splits.test
+        self.backdoor = sets.backdoor
+        self.seed = int(cfg.seed)
+        self.folds = int(cfg.unlearn.evaluate.mia_folds)
+        max_retain = cfg.unlearn.evaluate.max_retain
+        self.max_retain = int(max_retain) if max_retain is not None else None
+
+    def __call__(self, arrays: ArrayRecord | StateDict) -> dict[str, float]:
+        """Every metric of the evaluation module, in percent."""
+        model = self.central.load(arrays)
+        return evaluate_unlearning(
+            model, retain=self.retain, forget=self.forget, test=self.test,
+            batch_size=self.central.batch_size, device=self.central.device, seed=self.seed,
+            folds=self.folds, max_retain=self.max_retain, backdoor=self.backdoor,
+        )
+
+
+def eval_sets(cfg: DictConfig, federation: Federation, forget: ForgetSet) -> EvalSets:
+    """Retained ids (all training ids but the forget ones), forget ids, backdoor setup."""
+    everything = np.concatenate(federation.train_ids)
+    forget_ids = forget.all_ids
+    backdoor = None
+    if forget.kind == "backdoor":
+        attack = cfg.attack
+        backdoor = {"target": int(attack.target),
+                    "trigger": lambda x: add_trigger(x, int(attack.size), str(attack.corner))}
+    return EvalSets(np.setdiff1d(everything, forget_ids), forget_ids, backdoor)
+
+
+@dataclass
+class MethodRun:
+    """One method's answer to one request."""
+
+    method: str
+    state: StateDict
+    metrics: dict[str, float]
+    curve: list[dict[str, float]]
+    cost: dict[str, float]
+    rounds: list[RoundRecord] = field(default_factory=list)
+
+
+def run_method(grid: Grid, cfg: DictConfig, name: str, outcome: TrainOutcome,
+               targets: Targets, evaluator: UnlearningEvaluator) -> MethodRun:
+    """Perturb the trained model as method ``name`` says, then run its phases."""
+    strategy = make_strategy(name, cfg, targets, outcome.evaluator.model)
+    started = time.perf_counter()
+    state = strategy.perturb(outcome.checkpoint.final, outcome.checkpoint.initial)
+    perturb_seconds = time.perf_counter() - started
+    curve = [{"round": 0, **evaluator(state)}]
+    arrays = ArrayRecord(state)
+    records: list[RoundRecord] = []
+
+    def on_round(record: RoundRecord) -> None:
+        records.append(record)
+        curve.append({"round": len(records), "phase": record.phase, "nodes": record.nodes,
+                      **record.evaluation})
+        outcome_log(record)
+
+    payload = to_payload(cfg)
+    for phase in strategy.phases():
+        if phase.rounds < 1 or not phase.participants:
+            LOG.info("[%s] phase %s skipped (%d rounds, %d nodes)", name, phase.name,
+                     phase.rounds, len(phase.participants))
+            continue
+        strategy.participants = list(phase.participants)
+        config = ConfigRecord({PAYLOAD_KEY: payload, "phase": phase.name, **phase.order})
+        arrays = run_rounds(grid, strategy, arrays, rounds=phase.rounds, config=config,
+                            evaluate=evaluator, timeout=float(cfg.train.round_timeout),
+                            phase=f"{name}:{phase.name}", on_round=on_round)
+    cm = [r.client_metrics for r in records]
+    cost = {
+        "bytes": sum(m.get("bytes-received", 0) + m.get("bytes-sent", 0) for m in cm),
+        "flops": sum(m.get("flops", 0) for m in cm),
+        # Wall time of unlearning itself: evaluation rounds are bookkeeping, not cost.
+        "seconds": perturb_seconds + sum(r.seconds - r.eval_seconds for r in records),
+        "rounds": len(records),
+    }
+    final = arrays.to_torch_state_dict()
+    metrics = records[-1].evaluation if records else {k: v for k, v in curve[0].items()
+                                                      if k != "round"}
+    return MethodRun(name, final, metrics, curve, cost, records)
+
+
+def outcome_log(record: RoundRecord) -> None:
+    """One progress line for an unlearning round."""
+    ev = record.evaluation
+    LOG.info("[%s] round %d/%d retain %.1f forget %.1f test %.1f MIA %.1f | %.1f s",
+             record.phase, record.round, record.rounds, ev.get("retain", float("nan")),
+             ev.get("forget", float("nan")), ev.get("test", float("nan")),
+             ev.get("mia", float("nan")), record.seconds)
+
+
+def answer_requests(grid: Grid, cfg: DictConfig, outcome: TrainOutcome, out_dir: Path,
+                    ledger: Ledger) -> tuple[list[dict], list[dict]]:
+    """Answer every pending request of the ledger with every configured method.
+
+    Returns
+    -------
+    rows, curves
+        One row per (request, method) with final metrics and cost, and the
+        per-round curves: the input of :func:`fedunlearn.evaluation.write_report`.
+    """
+    federation = outcome.federation
+    labels = federation.splits.train.labels.numpy()
+    rows: list[dict] = []
+    curves: list[dict] = []
+    for entry in ledger.pending():
+        request = entry.request
+        try:
+            forget = materialize(request, federation.train_ids, labels, federation.poisoned)
+        except RequestRefused as exc:
+            ledger.fail(request.request_id, str(exc))
+            LOG.warning("request %s refused: %s", request.request_id, exc)
+            continue
+        ledger.start(request.request_id)
+        try:
+            rows_r, curves_r = _answer(grid, cfg, outcome, out_dir, ledger, request, forget)
+        except Exception as exc:  # the federation keeps serving the other requests
+            ledger.fail(request.request_id, f"{type(exc).__name__}: {exc}".splitlines()[0])
+            LOG.exception("request %s failed", request.request_id)
+            continue
+        ledger.finish(request.request_id)
+        rows.extend(rows_r)
+        curves.extend(curves_r)
+    return rows, curves
+
+
+def _answer(grid: Grid, cfg: DictConfig, outcome: TrainOutcome, out_dir: Path, ledger: Ledger,
+            request: ForgetRequest, forget: ForgetSet) -> tuple[list[dict], list[dict]]:
+    federation = outcome.federation
+    nodes = outcome.nodes
+    retain_clients = [c for c in range(federation.num_clients)
+                      if len(np.setdiff1d(federation.train_ids[c],
+                                          forget.ids_by_client.get(c, [])))]
+    targets = Targets(
+        retain_nodes=[nodes[c] for c in retain_clients],
+        forget_nodes=[nodes[c] for c in forget.clients],
+        request_json=request.to_json(),
+    )
+    evaluator = UnlearningEvaluator(cfg, federation, outcome.evaluator,
+                                    eval_sets(cfg, federation, forget))
+    before = evaluator(outcome.checkpoint.final)
+    LOG.info("request %s: %d forget samples on clients %s; before: %s", request.request_id,
+             len(forget.all_ids), list(forget.clients), _fmt(before))
+    scenario = str(cfg.scenario.name)
+    base = {"scenario": scenario, "seed": int(cfg.seed), "request": request.request_id}
+    rows = [{**base, "method": "Original", **before, "bytes": 0, "flops": 0, "seconds": 0.0,
+             "rounds": 0}]
+    curves: list[dict] = []
+    done = ledger.receipts(request.request_id)
+    model_dir = out_dir / "unlearned" / request.request_id
+    for name in cfg.unlearn.methods:
+        if name in done:
+            LOG.info("request %s: %s already answered before a restart; not repeated",
+                     request.request_id, name)
+            receipt = done[name]
+            rows.append({**base, "method": name, **receipt["metrics_after"], **receipt["cost"]})
+            continue
+        run = run_method(grid, cfg, name, outcome, targets, evaluator)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(run.state, model_dir / f"{name}.pt")
+        receipt = {
+            "request": json.loads(request.to_json()),
+            "method": name,
+            "settings": _method_settings(cfg, name),
+            "model_before": digest(outcome.checkpoint.final),
+            "model_after": digest(run.state),
+            "metrics_before": before,
+            "metrics_after": run.metrics,
+            "cost": run.cost,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        ledger.add_receipt(request.request_id, name, receipt)
+        (model_dir / f"{name}.receipt.json").write_text(json.dumps(receipt, indent=2))
+        LOG.info("request %s: %s done: %s | %.2e bytes, %.2e FLOPs, %.1f s", request.request_id,
+                 name, _fmt(run.metrics), run.cost["bytes"], run.cost["flops"],
+                 run.cost["seconds"])
+        rows.append({**base, "method": name, **run.metrics, **run.cost})
+        curves.extend({**base, "method": name, **point} for point in run.curve)
+    return rows, curves
+
+
+def _method_settings(cfg: DictConfig, name: str) -> dict:
+    un = OmegaConf.to_container(cfg.unlearn, resolve=True)
+    assert isinstance(un, dict)
+    keys = ("recovery_rounds", "retrain_rounds", "recovery_lr")
+    out = {k: un[k] for k in keys}
+    section = {"NoT": "not", "GA": "ga", "GDA": "gda"}.get(name)
+    if section:
+        out[section] = un[section]
+    return out
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    keys = ("retain", "forget", "test", "mia", "asr")
+    return " ".join(f"{k} {metrics[k]:.1f}" for k in keys if k in metrics)

@@ -1,0 +1,17 @@
+"""Retrain: the gold standard, FedAvg from the initial weights on retained data only."""
+
+from strategies.unlearning import Phase, StateDict, UnlearningStrategy
+
+
+class Retrain(UnlearningStrategy):
+    """Start again from the pre-training weights; as many rounds as the original."""
+
+    name = "Retrain"
+
+    def perturb(self, trained: StateDict, initial: StateDict) -> StateDict:
+        """The initial (pre-training) weights, saved with the checkpoint."""
+        return {k: v.clone() for k, v in initial.items()}
+
+    def phases(self) -> list[Phase]:
+        """``train_rounds`` rounds on retained data."""
+        return [self.recovery(self.settings.train_rounds, name="retrain")]

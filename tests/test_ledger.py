@@ -1,0 +1,273 @@
+"""The request ledger: state machine, idempotence, receipts, digests, crash survival."""
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fedunlearn.ledger import STATES, Ledger, LedgerError, digest
+from fedunlearn.requests import ForgetRequest
+
+
+def _req(request_id: str, client: int = 0) -> ForgetRequest:
+    return ForgetRequest(request_id=request_id, kind="client", client=client)
+
+
+@pytest.fixture
+def ledger(tmp_path: Path):
+    with Ledger(tmp_path / "ledger.sqlite") as led:
+        yield led
+
+
+def test_file_is_durable_sqlite(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "ledger.sqlite"
+    with Ledger(path) as led:
+        assert path.is_file()
+        assert led._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"requests", "receipts"} <= tables
+    conn.close()
+
+
+def test_happy_path(ledger: Ledger) -> None:
+    request = ForgetRequest(request_id="r", kind="instance", client=2, ids=(4, 9))
+    assert ledger.record(request)
+    entry = ledger.get("r")
+    assert (entry.request, entry.state, entry.reason, entry.attempts) == (
+        request, "received", None, 0,
+    )
+    ledger.start("r")
+    assert (ledger.get("r").state, ledger.get("r").attempts) == ("running", 1)
+    ledger.finish("r")
+    assert ledger.get("r").state == "done"
+    assert ledger.pending() == []
+    assert [e.request for e in ledger.all()] == [request]
+    assert STATES == ("received", "running", "done", "failed")
+
+
+def test_record_is_idempotent(ledger: Ledger) -> None:
+    assert ledger.record(_req("a"))
+    ledger.start("a")
+    # The same id again (even with other content) neither duplicates nor resets it.
+    assert not ledger.record(_req("a", client=5))
+    entry = ledger.get("a")
+    assert (entry.state, entry.attempts, entry.request.client) == ("running", 1, 0)
+    assert len(ledger.all()) == 1
+
+
+def test_running_is_resumed_with_more_attempts(ledger: Ledger) -> None:
+    for name in ("a", "b", "c"):
+        ledger.record(_req(name))
+    ledger.start("b")
+    ledger.start("b")
+    ledger.start("c")
+    ledger.finish("c")
+    assert [e.request.request_id for e in ledger.pending()] == ["a", "b"]
+    assert ledger.get("b").attempts == 2
+
+
+@pytest.mark.parametrize(
+    ("setup", "action", "message"),
+    [
+        ([], "finish", "cannot finish request 'x': it is received (allowed from running)"),
+        (["start", "finish"], "start", "cannot start request 'x': it is done"),
+        (["start", "finish"], "fail", "cannot fail request 'x': it is done"),
+        (["fail"], "finish", "cannot finish request 'x': it is failed"),
+        (["fail"], "start", "cannot start request 'x': it is failed (allowed from received or"),
+        (["fail"], "fail", "cannot fail request 'x': it is failed"),
+    ],
+)
+def test_invalid_transitions(ledger: Ledger, setup: list[str], action: str, message: str) -> None:
+    ledger.record(_req("x"))
+    for step in setup:
+        getattr(ledger, step)("x", *(["why"] if step == "fail" else []))
+    before = ledger.get("x")
+    with pytest.raises(LedgerError) as info:
+        getattr(ledger, action)("x", *(["why"] if action == "fail" else []))
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+    assert ledger.get("x") == before  # the refused transition changed nothing
+
+
+def test_unknown_ids(ledger: Ledger) -> None:
+    for call in (
+        lambda: ledger.get("nope"),
+        lambda: ledger.start("nope"),
+        lambda: ledger.finish("nope"),
+        lambda: ledger.fail("nope", "x"),
+        lambda: ledger.refuse("nope", "x"),
+        lambda: ledger.add_receipt("nope", "NoT", {}),
+        lambda: ledger.receipts("nope"),
+    ):
+        with pytest.raises(LedgerError, match="unknown request id 'nope'"):
+            call()
+
+
+def test_fail_and_refuse(ledger: Ledger) -> None:
+    ledger.record(_req("a"))
+    ledger.start("a")
+    ledger.fail("a", "out of memory\ntraceback...")
+    entry = ledger.get("a")
+    assert (entry.state, entry.reason) == ("failed", "out of memory")
+    # refuse records a new request and fails it at once.
+    assert ledger.refuse(_req("b"), "client 9 does not exist") is None
+    assert (ledger.get("b").state, ledger.get("b").reason) == ("failed", "client 9 does not exist")
+    # Refusing again keeps the first reason; by id works for recorded requests.
+    ledger.refuse(_req("b"), "other")
+    ledger.refuse("b", "other")
+    assert ledger.get("b").reason == "client 9 does not exist"
+    ledger.record(_req("c"))
+    ledger.refuse("c", "bad")
+    assert ledger.get("c").state == "failed"
+    ledger.record(_req("d"))
+    ledger.start("d")
+    ledger.finish("d")
+    with pytest.raises(LedgerError, match="cannot fail request 'd': it is done"):
+        ledger.refuse(_req("d"), "too late")
+    assert ledger.pending() == []
+
+
+def test_receipts(ledger: Ledger) -> None:
+    ledger.record(_req("a"))
+    ledger.record(_req("b"))
+    assert ledger.receipts("a") == {}
+    ledger.add_receipt("a", "NoT", {"before": "x", "after": "y", "seconds": 1.5})
+    ledger.add_receipt("a", "Retrain", {"before": "x", "after": "z"})
+    ledger.add_receipt("b", "NoT", {"n": 1})
+    ledger.add_receipt("a", "NoT", {"before": "x", "after": "w"})  # replaces
+    assert ledger.receipts("a") == {
+        "Retrain": {"before": "x", "after": "z"},
+        "NoT": {"before": "x", "after": "w"},
+    }
+    assert ledger.receipts("b") == {"NoT": {"n": 1}}
+    with pytest.raises(LedgerError, match="a receipt must be a mapping, got list"):
+        ledger.add_receipt("a", "FT", [1, 2])  # type: ignore[arg-type]
+
+
+# ---- survival across processes ----------------------------------------------------
+CHILD_CRASH = textwrap.dedent(
+    """
+    import os, signal, sys
+    from fedunlearn.ledger import Ledger
+    from fedunlearn.requests import ForgetRequest
+
+    ledger = Ledger(sys.argv[1])
+    done = ForgetRequest(request_id="done-1", kind="client", client=0)
+    resumed = ForgetRequest(request_id="run-1", kind="class", client=1, cls=3)
+    assert ledger.record(done) and not ledger.record(done)
+    ledger.start("done-1")
+    ledger.add_receipt("done-1", "NoT", {"after": "abc"})
+    ledger.finish("done-1")
+    ledger.record(resumed)
+    ledger.start("run-1")
+    # A crash mid-run: no finish, no close, no clean interpreter exit.
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def test_survives_a_crashed_writer(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    child = subprocess.run([sys.executable, "-c", CHILD_CRASH, str(path)],
+                           capture_output=True, text=True, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    with Ledger(path) as ledger:
+        assert ledger.get("done-1").state == "done"
+        assert ledger.receipts("done-1") == {"NoT": {"after": "abc"}}
+        # The interrupted request is resumed, the finished one never repeated.
+        assert [(e.request.request_id, e.state, e.attempts) for e in ledger.pending()] == [
+            ("run-1", "running", 1)
+        ]
+        assert ledger.get("run-1").request.cls == 3
+        assert not ledger.record(_req("done-1")) and not ledger.record(_req("run-1"))
+        assert len(ledger.all()) == 2
+        ledger.start("run-1")
+        ledger.finish("run-1")
+        assert ledger.get("run-1").attempts == 2
+        assert ledger.pending() == []
+
+
+CHILD_READ = textwrap.dedent(
+    """
+    import json, sys
+    from fedunlearn.ledger import Ledger
+
+    with Ledger(sys.argv[1]) as ledger:
+        seen = {e.request.request_id: e.state for e in ledger.all()}
+        pending = [e.request.request_id for e in ledger.pending()]
+        for request_id in pending:  # resume what the other process left
+            ledger.start(request_id)
+            ledger.finish(request_id)
+        print(json.dumps({"seen": seen, "pending": pending}))
+    """
+)
+
+
+def test_a_new_process_sees_and_resumes_our_writes(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    with Ledger(path) as ledger:
+        ledger.record(_req("a"))
+        ledger.start("a")
+        ledger.finish("a")
+        ledger.record(_req("b"))
+        ledger.start("b")
+        ledger.record(_req("c"))
+        # This ledger stays open, as a live server's would.
+        child = subprocess.run([sys.executable, "-c", CHILD_READ, str(path)],
+                               capture_output=True, text=True, timeout=120)
+        assert child.returncode == 0, child.stderr
+        report = json.loads(child.stdout)
+        assert report == {"seen": {"a": "done", "b": "running", "c": "received"},
+                          "pending": ["b", "c"]}
+        # The child's writes are visible here without reopening.
+        assert [(e.request.request_id, e.state, e.attempts) for e in ledger.all()] == [
+            ("a", "done", 1), ("b", "done", 2), ("c", "done", 1),
+        ]
+        assert ledger.pending() == []
+
+
+# ---- digests ------------------------------------------------------------------------
+def test_digest_of_torch_and_numpy() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    state = model.state_dict()
+    arrays = {name: tensor.numpy() for name, tensor in state.items()}
+    value = digest(state)
+    assert len(value) == 64 and int(value, 16) >= 0
+    assert digest(arrays) == value  # same dtype, shape and bytes
+    assert digest(dict(reversed(list(state.items())))) == value  # order-independent
+    changed = {**state, "0.weight": state["0.weight"].clone()}
+    changed["0.weight"][0, 0] += 1
+    assert digest(changed) != value
+
+
+def test_digest_covers_names_dtypes_shapes() -> None:
+    base = {"w": np.arange(6, dtype=np.float32)}
+    value = digest(base)
+    assert digest({"v": base["w"]}) != value
+    assert digest({"w": base["w"].astype(np.float64)}) != value
+    assert digest({"w": base["w"].reshape(2, 3)}) != value
+    # The same bytes split differently between names do not collide.
+    assert digest({"a": np.arange(4, dtype=np.uint8), "b": np.arange(0, dtype=np.uint8)}) != (
+        digest({"a": np.arange(2, dtype=np.uint8), "b": np.arange(2, 4, dtype=np.uint8)})
+    )
+    # Non-contiguous views and big-endian arrays hash as their contiguous native copies.
+    grid = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert digest({"t": grid.T}) == digest({"t": np.ascontiguousarray(grid.T)})
+    assert digest({"w": base["w"].astype(">f4")}) == value
+
+
+def test_digest_dtypes_numpy_lacks_and_bad_values() -> None:
+    half = {"w": torch.ones(3, dtype=torch.bfloat16), "s": torch.tensor(2.0)}
+    assert digest(half) == digest({k: v.clone() for k, v in half.items()})
+    assert digest(half) != digest({**half, "w": torch.ones(3, dtype=torch.float16)})
+    with pytest.raises(TypeError, match="digest: 'x' is a list, not a tensor or array"):
+        digest({"x": [1, 2]})

@@ -1,0 +1,144 @@
+"""The client outbox and the `fedunlearn forget` command."""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from fedunlearn.outbox import Outbox, OutboxError, forget_command
+from fedunlearn.requests import ForgetRequest
+
+
+def _req(request_id: str, **fields: object) -> ForgetRequest:
+    return ForgetRequest(
+        **{"request_id": request_id, "kind": "client", "client": 1, "origin": "client", **fields}
+    )
+
+
+def test_add_unsent_mark_sent(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "box" / "outbox.sqlite") as box:
+        assert box.unsent() == [] and box.all() == []
+        a, b, c = _req("a"), _req("b", kind="class", cls=2), _req("c", kind="backdoor")
+        for request in (a, b, c):
+            box.add(request)
+        box.add(a)  # the same request again: no duplicate
+        assert box.unsent() == [a, b, c]
+        box.mark_sent(["a", "c"])
+        assert box.unsent() == [b]
+        entries = box.all()
+        assert [e.request for e in entries] == [a, b, c]
+        assert [e.sent is None for e in entries] == [False, True, False]
+        first_sent = entries[0].sent
+        box.mark_sent(["a"])  # already sent: keeps its first time
+        box.mark_sent([])
+        assert box.all()[0].sent == first_sent
+
+
+def test_conflicts_and_unknown_ids(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "outbox.sqlite") as box:
+        box.add(_req("a"))
+        with pytest.raises(OutboxError, match="'a' is already in the outbox with other content"):
+            box.add(_req("a", kind="backdoor"))
+        with pytest.raises(OutboxError, match="unknown request id\\(s\\) in the outbox: x, y"):
+            box.mark_sent(["a", "x", "y"])
+        assert box.unsent() == [_req("a")]  # nothing was marked
+
+
+def test_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite"
+    child = textwrap.dedent(
+        """
+        import os, signal, sys
+        from fedunlearn.outbox import Outbox
+        from fedunlearn.requests import ForgetRequest
+        box = Outbox(sys.argv[1])
+        for name in ("a", "b"):
+            box.add(ForgetRequest(request_id=name, kind="client", client=1, origin="client"))
+        box.mark_sent(["a"])
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", child, str(path)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode < 0, done.stderr
+    with Outbox(path) as box:
+        assert [r.request_id for r in box.unsent()] == ["b"]
+        assert len(box.all()) == 2
+
+
+# ---- fedunlearn forget --------------------------------------------------------------
+def test_forget_command_adds_a_client_request(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "outbox.sqlite"
+    base = ["--outbox", str(path), "--client", "3"]
+    assert forget_command([*base, "--kind", "instance", "--ids", "7,2,7"]) == 0
+    assert forget_command([*base, "--kind", "instance", "--fraction", "0.1", "--seed", "5"]) == 0
+    assert forget_command([*base, "--kind", "class", "--class", "4"]) == 0
+    assert forget_command([*base, "--kind", "client"]) == 0
+    printed = capsys.readouterr().out.split()
+    with Outbox(path) as box:
+        requests = box.unsent()
+    assert [r.request_id for r in requests] == printed
+    assert all(len(i) == 32 for i in printed) and len(set(printed)) == 4
+    assert all(r.origin == "client" and r.client == 3 for r in requests)
+    ids, fraction, cls, client = requests
+    assert (ids.kind, ids.ids, ids.fraction) == ("instance", (2, 7), None)
+    assert (fraction.fraction, fraction.clients, fraction.seed) == (0.1, (3,), 5)
+    assert (cls.kind, cls.cls) == ("class", 4)
+    assert (client.kind, client.cls, client.ids) == ("client", None, None)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--client", "1", "--kind", "client"], "the following arguments are required: --outbox"),
+        (["--kind", "client"], "required: --client"),
+        (["--client", "1", "--kind", "all"], "argument --kind: invalid choice: 'all'"),
+        (["--client", "x", "--kind", "client"], "argument --client: invalid int value: 'x'"),
+        (["--client", "-1", "--kind", "client"], "client must be >= 0, got -1"),
+        (["--client", "1", "--kind", "class"], "a class request needs a class"),
+        (["--client", "1", "--kind", "client", "--class", "2"], "a client request takes no class"),
+        (["--client", "1", "--kind", "backdoor", "--ids", "1"], "a backdoor request takes no ids"),
+        (["--client", "1", "--kind", "instance"], "needs either ids or a fraction"),
+        (
+            ["--client", "1", "--kind", "instance", "--ids", "1", "--fraction", "0.5"],
+            "needs either ids or a fraction, not both or neither",
+        ),
+        (["--client", "1", "--kind", "instance", "--ids", "1,b"], "comma-separated sample ids"),
+        (["--client", "1", "--kind", "instance", "--ids=-1,2"], "ids entry must be >= 0, got -1"),
+        (["--client", "1", "--kind", "instance", "--ids", ","], "ids is empty"),
+        (
+            ["--client", "1", "--kind", "instance", "--fraction", "1.5"],
+            "fraction must be in (0, 1], got 1.5",
+        ),
+        (["--client", "1", "--kind", "class", "--class", "1", "--bogus"], "unrecognized argum"),
+        (["--client", "1", "--kind", "client", "--out", "x"], "unrecognized arguments: --out"),
+    ],
+)
+def test_forget_command_errors(tmp_path: Path, capsys, args: list[str], message: str) -> None:
+    path = tmp_path / "outbox.sqlite"
+    argv = args if "--outbox" in message else ["--outbox", str(path), *args]
+    assert forget_command(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("fedunlearn forget: error: ")
+    assert message in captured.err
+    assert captured.err.count("\n") == 1
+    if path.exists():  # nothing was recorded
+        with Outbox(path) as box:
+            assert box.all() == []
+
+
+def test_forget_command_unusable_outbox(tmp_path: Path, capsys) -> None:
+    # A folder where the file should be: one line, exit 2, no traceback.
+    argv = ["--outbox", str(tmp_path), "--client", "0", "--kind", "client"]
+    assert forget_command(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fedunlearn forget: error: cannot use the outbox {tmp_path}: ")
+    assert err.count("\n") == 1
+
+
+def test_forget_command_help(capsys) -> None:
+    assert forget_command(["--help"]) == 0
+    assert "usage: fedunlearn forget" in capsys.readouterr().out
