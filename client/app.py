@@ -8,6 +8,7 @@ from functools import partial
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from torch.utils.flop_counter import FlopCounterMode
 
 from client.node import TrainOrder, node_view, partition_id
 from fedunlearn.training import evaluate as evaluate_model
@@ -74,6 +75,10 @@ def train(msg: Message, context: Context) -> Message:
     model = view.model()
     _load(model, arrays)
     t = view.cfg.train
+    # TRIM recovery: only the entries the server marks may change (uint8 per parameter).
+    mask = msg.content.array_records.get("mask")
+    trainable = ({k: v.bool() for k, v in mask.to_torch_state_dict().items()}
+                 if mask is not None else None)
     fit = partial(
         train_model,
         model,
@@ -83,6 +88,7 @@ def train(msg: Message, context: Context) -> Message:
         weight_decay=float(t.weight_decay),
         device=view.device,
         grad_clip=order.grad_clip,
+        trainable_mask=trainable,
         # Different batches per client and round, the same on every repeat of the run.
         seed=int(view.cfg.seed) * 1_000_003 + server_round * 1009 + view.partition_id,
     )
@@ -121,6 +127,72 @@ def train(msg: Message, context: Context) -> Message:
         }
     )
     return Message(RecordDict({"arrays": out, "metrics": metrics}), reply_to=msg)
+
+
+@app.query("curvature")
+def curvature(msg: Message, context: Context) -> Message:
+    """Diagonal curvature of the mean loss on this node's forget and retained parts.
+
+    Computed at the received global weights with the configured estimator
+    (``unlearn.tis``), before any forget data is deleted; a node that has already
+    deleted the forget data of this request answers with an error instead.
+    """
+    from fedunlearn.unlearning.curvature import diagonal_curvature
+
+    view = node_view(msg, context)
+    config = msg.content.config_records["config"]
+    request = str(config["request"])
+    if request in _deleted(context).values():
+        raise RuntimeError(f"partition {view.partition_id} has already deleted the forget "
+                           "data of this request; its curvature cannot be computed")
+    arrays = msg.content.array_records["arrays"]
+    model = view.model()
+    _load(model, arrays)
+    tis = view.cfg.unlearn.tis
+    started = time.perf_counter()
+    records = RecordDict()
+    counts = {}
+    # Count the FLOPs the estimator really runs (BackPACK's and torch.func's own
+    # convolutions and products included), not an estimate.
+    with FlopCounterMode(display=False) as counter:
+        for part in ("forget", "retain"):
+            data = view.local_data(part, request)
+            counts[f"n-{part}"] = len(data)
+            if len(data):
+                diag = diagonal_curvature(
+                    model, data.images, data.labels, estimator=str(tis.estimator),
+                    batch_size=int(tis.batch_size), device=view.device,
+                    seed=int(view.cfg.seed) + view.partition_id,
+                    mc_samples=int(tis.mc_samples),
+                    hutchinson_samples=int(tis.hutchinson_samples))
+                records[f"h-{part}"] = ArrayRecord(diag)
+    sent = sum(r.count_bytes() for r in records.array_records.values())
+    records["metrics"] = MetricRecord({
+        **counts,
+        "flops": int(counter.get_total_flops()),
+        "curvature-seconds": time.perf_counter() - started,
+        "bytes-received": arrays.count_bytes(),
+        "bytes-sent": sent,
+    })
+    return Message(records, reply_to=msg)
+
+
+@app.query("delete")
+def delete(msg: Message, context: Context) -> Message:
+    """Note that this node deleted the forget data of the message's request.
+
+    A real deployment deletes the samples here; the simulation keeps its data and
+    remembers the deletion in the node's state, so later curvature queries fail.
+    """
+    request = str(msg.content.config_records["config"]["request"])
+    deleted = _deleted(context)
+    deleted[str(len(deleted))] = request
+    context.state["deleted"] = deleted
+    return Message(RecordDict(), reply_to=msg)
+
+
+def _deleted(context: Context) -> ConfigRecord:
+    return context.state.config_records.get("deleted", ConfigRecord())
 
 
 @app.evaluate()

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fedunlearn.models import conv_norm_pairs, default_negation_layers, resolve_layers
-from strategies import METHODS, NoT, Settings, Targets, UnlearningStrategy, check_methods
+from strategies import (
+    METHODS,
+    RESET_METHODS,
+    NoT,
+    Settings,
+    Targets,
+    UnlearningStrategy,
+    check_methods,
+)
 
 LOG = logging.getLogger("fedunlearn")
 
@@ -42,20 +52,55 @@ def negation_layers(cfg: DictConfig, model: torch.nn.Module) -> list[str]:
     return names
 
 
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method run: its report label, the method name and its extra arguments."""
+
+    label: str
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def method_specs(cfg: DictConfig) -> list[MethodSpec]:
+    """Expand ``unlearn.methods``: reset methods run once per ``unlearn.tis.gammas``."""
+    check_methods(list(cfg.unlearn.methods))
+    gammas = [float(g) for g in cfg.unlearn.tis.gammas]
+    specs = []
+    for name in cfg.unlearn.methods:
+        if name in RESET_METHODS:
+            specs.extend(MethodSpec(name if len(gammas) == 1 else f"{name}@{g:g}", name,
+                                    {"gamma": g}) for g in gammas)
+        else:
+            specs.append(MethodSpec(name, name))
+    return specs
+
+
 def make_strategy(
-    name: str, cfg: DictConfig, targets: Targets, model: torch.nn.Module
+    spec: MethodSpec, cfg: DictConfig, targets: Targets, model: torch.nn.Module,
+    curvature: tuple[dict, dict] | None = None,
 ) -> UnlearningStrategy:
-    """The strategy of method ``name`` for one request.
+    """The strategy of one method run for one request.
+
+    Parameters
+    ----------
+    curvature : tuple of dicts, optional
+        ``(h, h')`` for the reset methods (TIS, RandomReset).
 
     Raises
     ------
     ValueError
-        For an unknown method name or layer selector (one line).
+        For an unknown method name or layer selector, or a reset method without
+        curvature statistics (one line).
     """
-    check_methods([name])
-    cls = METHODS[name]
+    check_methods([spec.name])
+    cls = METHODS[spec.name]
     common = {"targets": targets, "settings": settings(cfg), "seed": int(cfg.seed),
               "fraction_train": float(cfg.train.fraction_train)}
     if cls is NoT:
         return NoT(**common, negated=negation_layers(cfg, model))
+    if spec.name in RESET_METHODS:
+        if curvature is None:
+            raise ValueError(f"{spec.name} needs the clients' curvature statistics")
+        return cls(**common, curvature=curvature, gamma=float(spec.options["gamma"]),
+                   trim_rounds=int(cfg.unlearn.tis.trim_rounds))
     return cls(**common)

@@ -20,7 +20,10 @@ def setup_logging(flower_level: str = "WARNING") -> None:
         LOG.addHandler(handler)
         LOG.propagate = False
     LOG.setLevel(logging.INFO)
-    logging.getLogger("flwr").setLevel(flower_level)
+    flwr = logging.getLogger("flwr")
+    flwr.setLevel(flower_level)
+    # Flower prints through its own handler; propagating too would print every line twice.
+    flwr.propagate = False
 
 
 class RunLog:

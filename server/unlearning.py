@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +24,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from client.node import PAYLOAD_KEY
 from fedunlearn.config import to_payload
-from fedunlearn.data import ForgetSet, add_trigger
-from fedunlearn.evaluation import evaluate_unlearning
+from fedunlearn.data import ForgetSet, add_trigger, trigger_value
+from fedunlearn.evaluation import evaluate_unlearning, nfs, nta, rtr
 from fedunlearn.federation import Federation
 from fedunlearn.ledger import Ledger, digest
 from fedunlearn.requests import ForgetRequest, RequestRefused, materialize, scenario_request
+from fedunlearn.unlearning.tis import reset_fraction
 from server.central import CentralEvaluator
-from server.methods import make_strategy
+from server.curvature import Curvature, query_curvature
+from server.methods import MethodSpec, make_strategy, method_specs
 from server.rounds import RoundRecord, run_rounds
 from server.training import TrainOutcome
-from strategies import Targets
+from strategies import RESET_METHODS, TargetedReset, Targets
 
 LOG = logging.getLogger("fedunlearn")
 StateDict = dict[str, torch.Tensor]
@@ -97,7 +99,9 @@ def take_requests(grid: Grid, cfg: DictConfig, nodes: dict[int, int], ledger: Le
     recorded: dict[int, list[str]] = {}
     for pid, body in poll_requests(grid, nodes, timeout):
         try:
-            request = ForgetRequest.from_json(body)
+            # Whatever the body says, a polled request comes from a client: re-validating
+            # it as such refuses federation-wide forms only a scenario may use.
+            request = replace(ForgetRequest.from_json(body), origin="client")
         except RequestRefused as exc:
             LOG.warning("refused a malformed request from client %d: %s", pid, exc)
             continue
@@ -154,8 +158,11 @@ def eval_sets(cfg: DictConfig, federation: Federation, forget: ForgetSet) -> Eva
     backdoor = None
     if forget.kind == "backdoor":
         attack = cfg.attack
+        # "White" as the poisoned training images had it, not the test images' maximum.
+        white = trigger_value(federation.splits.train.images)
         backdoor = {"target": int(attack.target),
-                    "trigger": lambda x: add_trigger(x, int(attack.size), str(attack.corner))}
+                    "trigger": lambda x: add_trigger(x, int(attack.size), str(attack.corner),
+                                                     white)}
     return EvalSets(np.setdiff1d(everything, forget_ids), forget_ids, backdoor)
 
 
@@ -171,13 +178,22 @@ class MethodRun:
     rounds: list[RoundRecord] = field(default_factory=list)
 
 
-def run_method(grid: Grid, cfg: DictConfig, name: str, outcome: TrainOutcome,
-               targets: Targets, evaluator: UnlearningEvaluator) -> MethodRun:
-    """Perturb the trained model as method ``name`` says, then run its phases."""
-    strategy = make_strategy(name, cfg, targets, outcome.evaluator.model)
+def run_method(grid: Grid, cfg: DictConfig, spec: MethodSpec, outcome: TrainOutcome,
+               targets: Targets, evaluator: UnlearningEvaluator,
+               curvature: Curvature | None = None) -> MethodRun:
+    """Perturb the trained model as the method says, then run its phases.
+
+    The cost counts the curvature statistics too when the method used them.
+    """
+    name = spec.label
+    stats = (curvature.h, curvature.h_prime) if curvature is not None else None
+    strategy = make_strategy(spec, cfg, targets, outcome.evaluator.model, stats)
     started = time.perf_counter()
     state = strategy.perturb(outcome.checkpoint.final, outcome.checkpoint.initial)
     perturb_seconds = time.perf_counter() - started
+    extra: dict[str, float] = {}
+    if isinstance(strategy, TargetedReset):
+        extra = {"gamma": strategy.gamma, "reset_fraction": reset_fraction(strategy.mask)}
     curve = [{"round": 0, **evaluator(state)}]
     arrays = ArrayRecord(state)
     records: list[RoundRecord] = []
@@ -207,10 +223,14 @@ def run_method(grid: Grid, cfg: DictConfig, name: str, outcome: TrainOutcome,
         "seconds": perturb_seconds + sum(r.seconds - r.eval_seconds for r in records),
         "rounds": len(records),
     }
+    if curvature is not None:
+        cost["bytes"] += curvature.bytes
+        cost["flops"] += curvature.flops
+        cost["seconds"] += curvature.seconds
     final = arrays.to_torch_state_dict()
     metrics = records[-1].evaluation if records else {k: v for k, v in curve[0].items()
                                                       if k != "round"}
-    return MethodRun(name, final, metrics, curve, cost, records)
+    return MethodRun(name, final, {**metrics, **extra}, curve, cost, records)
 
 
 def outcome_log(record: RoundRecord) -> None:
@@ -281,20 +301,26 @@ def _answer(grid: Grid, cfg: DictConfig, outcome: TrainOutcome, out_dir: Path, l
     curves: list[dict] = []
     done = ledger.receipts(request.request_id)
     model_dir = out_dir / "unlearned" / request.request_id
-    for name in cfg.unlearn.methods:
+    specs = method_specs(cfg)
+    curvature = None
+    if any(s.name in RESET_METHODS and s.label not in done for s in specs):
+        curvature = _curvature(grid, cfg, outcome, targets)
+    for spec in specs:
+        name = spec.label
         if name in done:
             LOG.info("request %s: %s already answered before a restart; not repeated",
                      request.request_id, name)
             receipt = done[name]
             rows.append({**base, "method": name, **receipt["metrics_after"], **receipt["cost"]})
             continue
-        run = run_method(grid, cfg, name, outcome, targets, evaluator)
+        run = run_method(grid, cfg, spec, outcome, targets, evaluator,
+                         curvature if spec.name in RESET_METHODS else None)
         model_dir.mkdir(parents=True, exist_ok=True)
         torch.save(run.state, model_dir / f"{name}.pt")
         receipt = {
             "request": json.loads(request.to_json()),
             "method": name,
-            "settings": _method_settings(cfg, name),
+            "settings": _method_settings(cfg, spec),
             "model_before": digest(outcome.checkpoint.final),
             "model_after": digest(run.state),
             "metrics_before": before,
@@ -309,18 +335,54 @@ def _answer(grid: Grid, cfg: DictConfig, outcome: TrainOutcome, out_dir: Path, l
                  run.cost["seconds"])
         rows.append({**base, "method": name, **run.metrics, **run.cost})
         curves.extend({**base, "method": name, **point} for point in run.curve)
-    return rows, curves
+    return add_ratios(rows), curves
 
 
-def _method_settings(cfg: DictConfig, name: str) -> dict:
+def _curvature(grid: Grid, cfg: DictConfig, outcome: TrainOutcome,
+               targets: Targets) -> Curvature:
+    """The request's curvature statistics at the trained weights (once per request)."""
+    tis = cfg.unlearn.tis
+    nodes = sorted(set(targets.retain_nodes) | set(targets.forget_nodes))
+    config = ConfigRecord({PAYLOAD_KEY: to_payload(cfg), "request": targets.request_json})
+    curvature = query_curvature(
+        grid, nodes, ArrayRecord(outcome.checkpoint.final), config, outcome.evaluator.model,
+        str(tis.estimator), min_replies=int(tis.min_replies),
+        timeout=float(cfg.train.round_timeout))
+    LOG.info("curvature statistics from %d nodes (%d refused): %.2e bytes, %.1f s",
+             curvature.replies, len(curvature.refused), curvature.bytes, curvature.seconds)
+    return curvature
+
+
+def add_ratios(rows: list[dict]) -> list[dict]:
+    """NTA, NFS (forget accuracy), NFS_MIA and RTR of each row against the request's
+    Original (before unlearning) and Retrain rows, when both are present."""
+    ref = {row["method"]: row for row in rows}
+    if "Original" not in ref or "Retrain" not in ref:
+        return rows
+    orig, retrain = ref["Original"], ref["Retrain"]
+    out = []
+    for row in rows:
+        extra = {
+            "nta": nta(row["test"], retrain["test"]),
+            "nfs": nfs(orig["forget"], row["forget"], retrain["forget"]),
+            "nfs_mia": nfs(orig["mia"], row["mia"], retrain["mia"]),
+        }
+        if row["method"] != "Original":
+            extra["rtr"] = rtr(row["seconds"], retrain["seconds"])
+        out.append({**row, **extra})
+    return out
+
+
+def _method_settings(cfg: DictConfig, spec: MethodSpec) -> dict:
     un = OmegaConf.to_container(cfg.unlearn, resolve=True)
     assert isinstance(un, dict)
     keys = ("recovery_rounds", "retrain_rounds", "recovery_lr")
-    out = {k: un[k] for k in keys}
-    section = {"NoT": "not", "GA": "ga", "GDA": "gda"}.get(name)
+    out: dict[str, Any] = {k: un[k] for k in keys}
+    section = {"NoT": "not", "GA": "ga", "GDA": "gda", "TIS": "tis",
+               "RandomReset": "tis"}.get(spec.name)
     if section:
         out[section] = un[section]
-    return out
+    return {**out, **spec.options}
 
 
 def _fmt(metrics: dict[str, float]) -> str:

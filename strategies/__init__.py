@@ -7,12 +7,17 @@ from strategies.ascent import GradientAscent, GradientDescentAscent
 from strategies.fedavg import FederatedAveraging
 from strategies.finetune import FineTune
 from strategies.negation import NoT
+from strategies.reset import RandomReset, TargetedReset
 from strategies.retrain import Retrain
 from strategies.unlearning import Phase, Settings, Targets, UnlearningStrategy
 
 METHODS: dict[str, type[UnlearningStrategy]] = {
-    cls.name: cls for cls in (Retrain, FineTune, NoT, GradientAscent, GradientDescentAscent)
+    cls.name: cls
+    for cls in (Retrain, FineTune, NoT, GradientAscent, GradientDescentAscent, TargetedReset,
+                RandomReset)
 }
+# Methods that need the clients' curvature statistics and a gamma.
+RESET_METHODS = (TargetedReset.name, RandomReset.name)
 
 
 def check_methods(names: list[str]) -> None:
@@ -23,6 +28,19 @@ def check_methods(names: list[str]) -> None:
 
 
 __all__ = [
-    "METHODS", "FederatedAveraging", "FineTune", "GradientAscent", "GradientDescentAscent",
-    "NoT", "Phase", "Retrain", "Settings", "Targets", "UnlearningStrategy", "check_methods",
+    "METHODS",
+    "RESET_METHODS",
+    "FederatedAveraging",
+    "FineTune",
+    "GradientAscent",
+    "GradientDescentAscent",
+    "NoT",
+    "Phase",
+    "RandomReset",
+    "Retrain",
+    "Settings",
+    "TargetedReset",
+    "Targets",
+    "UnlearningStrategy",
+    "check_methods",
 ]

@@ -68,16 +68,27 @@ class FederatedAveraging(FedAvg):
         fraction_train: float = 1.0,
         seed: int = 0,
     ) -> None:
-        super().__init__(
-            fraction_train=fraction_train,
-            fraction_evaluate=0.0,
-            min_train_nodes=1,
-            min_available_nodes=1,
-            train_metrics_aggr_fn=aggregate_metrics,
-        )
+        # Our round driver evaluates centrally and never configures federated
+        # evaluation; FedAvg warns about fraction_evaluate=0 on every construction.
+        flwr_log = logging.getLogger("flwr")
+        level = flwr_log.level
+        flwr_log.setLevel(logging.ERROR)
+        try:
+            super().__init__(
+                fraction_train=fraction_train,
+                fraction_evaluate=0.0,
+                min_train_nodes=1,
+                min_available_nodes=1,
+                train_metrics_aggr_fn=aggregate_metrics,
+            )
+        finally:
+            flwr_log.setLevel(level)
         self.participants = list(participants) if participants is not None else None
+        self.seed = seed
         self._rng = random.Random(seed)
         self._expected: Signature = {}
+        # Further ArrayRecords sent with every training message (e.g. TRIM's mask).
+        self.extra_records: dict[str, ArrayRecord] = {}
         # (round, node id, reason) for every reply refused so far.
         self.refused: list[tuple[int, int, str]] = []
 
@@ -95,7 +106,8 @@ class FederatedAveraging(FedAvg):
         """One training message per selected node, carrying the global arrays."""
         self._expected = signature(arrays)
         config["server-round"] = server_round
-        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config,
+                             **self.extra_records})
         return [
             Message(content=record, message_type=MessageType.TRAIN, dst_node_id=node_id)
             for node_id in self.select_nodes(grid)

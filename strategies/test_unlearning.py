@@ -87,7 +87,7 @@ def test_ascent_phases():
 
 
 def test_method_names():
-    assert set(METHODS) == {"Retrain", "FT", "NoT", "GA", "GDA"}
+    assert set(METHODS) == {"Retrain", "FT", "NoT", "GA", "GDA", "TIS", "RandomReset"}
     check_methods(["NoT", "FT"])
     with pytest.raises(ValueError, match="unknown unlearning method"):
         check_methods(["NoT", "SISA"])

@@ -258,7 +258,8 @@ def mia_efficacy(
     seed
         Seed of the subsampling.
     classifier
-        Unfitted scikit-learn classifier to use instead of the SVC described above.
+        Scikit-learn classifier to use instead of the SVC described above; a clone is
+        fitted, the argument is left as given.
 
     Returns
     -------

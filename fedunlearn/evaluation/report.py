@@ -3,9 +3,10 @@
 Input rows are plain dicts, one per (scenario, method, seed), with at least the keys
 ``scenario, method, seed, retain, forget, test, mia, mia_efficacy, bytes, flops,
 seconds, rounds`` and optionally ``asr, backdoor_acc, nta, nfs, nfs_mia, rtr,
-reset_fraction``. Curves are dicts with ``scenario, method, seed, round`` and metric
-keys, one per evaluated round. The Markdown table follows NoT's Table 1: each metric
-as ``mean ± std (|gap|)`` with Retrain, measured in the same run, as the reference.
+reset_fraction``; other keys (e.g. ``request``) are carried along. Curves are dicts
+with ``scenario, method, seed, round`` and metric keys, one per evaluated round. The
+Markdown table follows NoT's Table 1: each metric as ``mean ± std (|gap|)`` with
+Retrain, measured in the same run, as the reference.
 
 Figures are drawn on :class:`matplotlib.figure.Figure` objects with the Agg canvas,
 never through ``pyplot``: no global backend switch, no GUI, nothing left open.
@@ -34,8 +35,12 @@ DELTA_KEYS: tuple[str, ...] = (*GAP_KEYS, "mia_efficacy", "asr", "backdoor_acc")
 #: Metrics plotted against the recovery round, when the curves carry them.
 CURVE_METRICS: tuple[str, ...] = ("retain", "forget", "test", "mia", "asr")
 
+#: Keys on which a row is matched with its reference row. ``request`` separates forget
+#: sets answered within one scenario and seed; rows without a key match on ``None``.
+MATCH_KEYS: tuple[str, ...] = ("scenario", "seed", "request")
+
 # Keys that identify a row rather than measure something: never averaged.
-_ID_KEYS = ("scenario", "method", "seed")
+_ID_KEYS = ("scenario", "method", "seed", "request")
 
 _LABELS = {
     "retain": "Retain accuracy (%)",
@@ -86,31 +91,47 @@ def _unique(values: Iterable[Any]) -> list[Any]:
     return list(dict.fromkeys(values))
 
 
+def _match(row: Mapping[str, Any], match_keys: Sequence[str]) -> tuple[Any, ...]:
+    return tuple(row.get(key) for key in match_keys)
+
+
+def _describe(match: tuple[Any, ...], match_keys: Sequence[str]) -> str:
+    """``scenario `iid`, seed 0`` for a match tuple (keys the rows lack are left out)."""
+    pairs = zip(match_keys, match, strict=True)
+    return ", ".join(
+        f"{k} `{v}`" if isinstance(v, str) else f"{k} {v}" for k, v in pairs if v is not None
+    )
+
+
 def _references(
-    rows: Sequence[Mapping[str, Any]], reference_method: str
-) -> dict[tuple[Any, Any], Mapping[str, Any]]:
-    """The reference row of each (scenario, seed)."""
-    index: dict[tuple[Any, Any], Mapping[str, Any]] = {}
+    rows: Sequence[Mapping[str, Any]], reference_method: str, match_keys: Sequence[str]
+) -> dict[tuple[Any, ...], Mapping[str, Any]]:
+    """The reference row of each match tuple."""
+    index: dict[tuple[Any, ...], Mapping[str, Any]] = {}
     for row in rows:
         if row["method"] == reference_method:
-            key = (row["scenario"], row["seed"])
+            key = _match(row, match_keys)
             if key in index:
-                raise ValueError(f"two {reference_method} rows for scenario/seed {key}")
+                raise ValueError(f"two {reference_method} rows for {_describe(key, match_keys)}")
             index[key] = row
     return index
 
 
 def _missing_references(
-    rows: Sequence[Mapping[str, Any]], reference_method: str
-) -> list[tuple[Any, Any]]:
-    """(scenario, seed) pairs that have rows but no reference row."""
-    references = _references(rows, reference_method)
-    keys = _unique((row["scenario"], row["seed"]) for row in rows)
+    rows: Sequence[Mapping[str, Any]],
+    references: Mapping[tuple[Any, ...], Mapping[str, Any]],
+    match_keys: Sequence[str],
+) -> list[tuple[Any, ...]]:
+    """Match tuples that have rows but no reference row (``references``: :func:`_references`)."""
+    keys = _unique(_match(row, match_keys) for row in rows)
     return [key for key in keys if key not in references]
 
 
 def add_gaps(
-    rows: Sequence[Mapping[str, Any]], reference_method: str = "Retrain"
+    rows: Sequence[Mapping[str, Any]],
+    reference_method: str = "Retrain",
+    *,
+    match_keys: Sequence[str] = MATCH_KEYS,
 ) -> list[dict[str, Any]]:
     """Add each row's gap to the reference method of the same scenario and seed.
 
@@ -121,6 +142,9 @@ def add_gaps(
         the :data:`~fedunlearn.evaluation.metrics.GAP_KEYS` metrics.
     reference_method
         The method every other one is compared with.
+    match_keys
+        A row's reference is the reference method's row with equal values of these
+        keys (:data:`MATCH_KEYS`: scenario, seed and, where rows carry it, request).
 
     Returns
     -------
@@ -128,24 +152,22 @@ def add_gaps(
         Copies of the rows with ``gap`` (:func:`~fedunlearn.evaluation.metrics.average_gap`)
         and ``d_<key>`` = ``|row[key] - reference[key]|`` for each key of
         :data:`DELTA_KEYS` the row has. The reference's own gaps are 0. Rows of a
-        (scenario, seed) without a reference row get NaN, with a ``UserWarning``
+        scenario and seed without a reference row get NaN, with a ``UserWarning``
         (:func:`write_report` lists them in the report).
 
     Raises
     ------
     ValueError
-        Two reference rows share a scenario and seed.
+        Two reference rows match the same key values.
     """
-    references = _references(rows, reference_method)
-    missing = _missing_references(rows, reference_method)
+    references = _references(rows, reference_method, match_keys)
+    missing = _missing_references(rows, references, match_keys)
     if missing:
-        warnings.warn(
-            f"no {reference_method} row for (scenario, seed) {missing}: their gaps are NaN",
-            stacklevel=2,
-        )
+        where = "; ".join(_describe(key, match_keys) for key in missing)
+        warnings.warn(f"no {reference_method} row for {where}: gaps are NaN", stacklevel=2)
     result = []
     for row in rows:
-        reference = references.get((row["scenario"], row["seed"]))
+        reference = references.get(_match(row, match_keys))
         out = dict(row)
         for key in DELTA_KEYS:
             if not _is_number(row.get(key)):
@@ -169,9 +191,10 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     -------
     list of dict
         One dict per (scenario, method), in order of first appearance, with
-        ``scenario``, ``method``, ``n`` (rows, i.e. seeds) and ``<key>_mean``,
-        ``<key>_std`` for every numeric key except ``seed``. The std is the sample
-        standard deviation (ddof = 1) when ``n > 1`` and 0 when ``n == 1``. A key
+        ``scenario``, ``method``, ``n`` (rows: seeds, times requests where rows carry
+        several) and ``<key>_mean``, ``<key>_std`` for every numeric key except ``seed``
+        and ``request``. The std is the sample standard deviation (ddof = 1) when
+        ``n > 1`` and 0 when ``n == 1``. A key
         missing from some rows is summarized over the rows that have it; NaN values
         propagate (a NaN in any seed makes the mean NaN).
     """
@@ -266,10 +289,20 @@ def _present(summaries: Sequence[Mapping[str, Any]], key: str) -> bool:
     return any(f"{key}_mean" in s for s in summaries)
 
 
-def _noise_floor(rows: Sequence[Mapping[str, Any]], reference_method: str) -> str:
-    """Average gap between reference runs of different seeds: what "no difference" scores."""
+def _noise_floor(
+    rows: Sequence[Mapping[str, Any]], reference_method: str, match_keys: Sequence[str]
+) -> str:
+    """Average gap between reference runs of different seeds: what "no difference" scores.
+
+    Only runs that agree on every match key but ``seed`` are paired (same forget set).
+    """
+    others = [k for k in match_keys if k != "seed"]
     references = [r for r in rows if r["method"] == reference_method]
-    pairs = list(itertools.combinations(references, 2))
+    pairs = [
+        (a, b)
+        for a, b in itertools.combinations(references, 2)
+        if _match(a, others) == _match(b, others)
+    ]
     if not pairs:
         return (
             f"{reference_method} vs. {reference_method} noise floor: not available "
@@ -279,9 +312,8 @@ def _noise_floor(rows: Sequence[Mapping[str, Any]], reference_method: str) -> st
     mean, std = _mean_std(gaps)
     return (
         f"{reference_method} vs. {reference_method} noise floor (avg. gap between "
-        f"{reference_method} runs of different seeds, {len(pairs)} pairs): "
-        f"{mean:.2f} ± {std:.2f}. Avg. gaps below it are indistinguishable from "
-        f"{reference_method}."
+        f"{reference_method} runs of different seeds; pairs: {len(pairs)}): "
+        f"{mean:.2f} ± {std:.2f}. Avg. gaps at or below it are within seed-to-seed noise."
     )
 
 
@@ -312,17 +344,19 @@ def _markdown(
     summary: Sequence[Mapping[str, Any]],
     plots: Mapping[str, Sequence[Path]],
     reference_method: str,
+    match_keys: Sequence[str],
 ) -> str:
     lines = _header(title, meta)
     lines += ["", "## Notes", ""]
     lines += [f"- {note}" for note in _NOTES]
-    missing = _missing_references(rows, reference_method)
+    references = _references(rows, reference_method, match_keys)
+    missing = _missing_references(rows, references, match_keys)
     if missing:
         lines += ["", "## Warnings", ""]
         lines += [
-            f"- No {reference_method} row for scenario `{scenario}`, seed {seed}: its gaps "
-            "are NaN (shown as –)."
-            for scenario, seed in missing
+            f"- No {reference_method} row for {_describe(key, match_keys)}: its gaps are NaN "
+            "(shown as –)."
+            for key in missing
         ]
     for scenario in _unique(r["scenario"] for r in rows):
         summaries = _ordered([s for s in summary if s["scenario"] == scenario], reference_method)
@@ -332,7 +366,7 @@ def _markdown(
         lines += ["", f"## Scenario: {scenario}", ""]
         lines += _table(summaries, columns)
         scenario_rows = [r for r in rows if r["scenario"] == scenario]
-        lines += ["", _noise_floor(scenario_rows, reference_method)]
+        lines += ["", _noise_floor(scenario_rows, reference_method, match_keys)]
         extra = [c for c in _EXTRA_COLUMNS if _present(summaries, c[1])]
         if extra:
             lines += [""] + _table(summaries, extra)
@@ -468,7 +502,7 @@ def tradeoff_plot(
         )
         for gamma, x, y in zip(gammas, x_mean, y_mean, strict=True):
             axes.annotate(
-                f"{gamma:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7
+                f"γ={gamma:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7
             )
     axes.scatter(*retrain_point, marker="x", s=80, color="red", zorder=3, label="Retrain")
     axes.set_xlabel(_LABELS.get(x_key, x_key))
@@ -492,6 +526,7 @@ def write_report(
     title: str,
     meta: Mapping[str, Any],
     reference_method: str = "Retrain",
+    match_keys: Sequence[str] = MATCH_KEYS,
     curve_metrics: Sequence[str] = CURVE_METRICS,
     dpi: int = 150,
 ) -> dict[str, Path]:
@@ -512,8 +547,8 @@ def write_report(
     meta
         Run description shown in the header: ``command``, ``config`` (a mapping or
         text), ``machine``, ``date`` first, then any other keys as given.
-    reference_method
-        The method whose row is the reference (Retrain).
+    reference_method, match_keys
+        The reference method and how rows are matched with it (:func:`add_gaps`).
     curve_metrics
         Metrics to plot against the round; those a scenario's curves lack are skipped.
     dpi
@@ -529,7 +564,7 @@ def write_report(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = add_gaps(rows, reference_method)
+    rows = add_gaps(rows, reference_method, match_keys=match_keys)
     summary = summarize(rows)
     plots = _plot_curves(out_dir, curves, curve_metrics, reference_method, dpi)
 
@@ -537,7 +572,7 @@ def write_report(
     payload = {"title": title, "meta": meta, "rows": rows, "summary": summary, "curves": curves}
     results.write_text(json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n")
     report = out_dir / "report.md"
-    report.write_text(_markdown(title, meta, rows, summary, plots, reference_method))
+    report.write_text(_markdown(title, meta, rows, summary, plots, reference_method, match_keys))
 
     paths = {results.name: results, report.name: report}
     paths |= {path.name: path for scenario_plots in plots.values() for path in scenario_plots}

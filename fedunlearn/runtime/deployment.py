@@ -182,8 +182,9 @@ class LocalCluster:
                 "flower-supernode", "--insecure",
                 "--superlink", self.control_address,
                 "--host", host, "--port", str(rt.clientappio_base_port + i),
-                "--node-config", f"partition-id={i} num-partitions={self.num_nodes} "
-                                 f"outbox={self.outbox(i)}",
+                # Node-config values are TOML: a path must be a quoted string.
+                "--node-config", f'partition-id={i} num-partitions={self.num_nodes} '
+                                 f'outbox="{self.outbox(i)}"',
             ])
         return self
 

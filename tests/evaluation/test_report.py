@@ -225,3 +225,14 @@ def test_tradeoff_plot(tmp_path: Path) -> None:
     path = tradeoff_plot(tmp_path / "tradeoff.png", points, title="preferential")
     data = path.read_bytes()
     assert data.startswith(PNG_MAGIC) and len(data) > 5_000
+
+
+def test_rows_of_different_requests_match_their_own_retrain() -> None:
+    rows = [
+        _row("iid", "Retrain", 0, 90.0, 80.0, 80.0, 50.0, request="a"),
+        _row("iid", "Retrain", 0, 70.0, 60.0, 60.0, 50.0, request="b"),
+        _row("iid", "NoT", 0, 91.0, 81.0, 81.0, 51.0, request="a"),
+        _row("iid", "NoT", 0, 71.0, 61.0, 61.0, 51.0, request="b"),
+    ]
+    assert [r["gap"] for r in add_gaps(rows)] == [0.0, 0.0, 1.0, 1.0]
+    assert "request_mean" not in summarize(rows)[0]

@@ -1,0 +1,99 @@
+"""Parameter-estimation unlearning (TIS paper): reset the parameters that carry the
+most information about the forget set to their initial values; Random Reset as the
+baseline; optional TRIM recovery in which only the reset entries may change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+
+from fedunlearn.unlearning.tis import random_mask, reset, select, tis_scores
+from strategies.unlearning import Phase, Settings, StateDict, Targets, UnlearningStrategy
+
+Mask = dict[str, torch.Tensor]
+
+
+class TargetedReset(UnlearningStrategy):
+    """TIS: per layer, reset the smallest highest-TIS set holding ``gamma`` of its TIS.
+
+    Parameters
+    ----------
+    curvature : tuple of dicts
+        ``(h, h')`` aggregated from the clients' curvature replies (paper Eq. 30).
+    gamma : float
+        Share in [0, 1] of each layer's total TIS to reset.
+    trim_rounds : int
+        TRIM recovery rounds on retained data in which only the reset entries train
+        (0: reset only).
+    """
+
+    name = "TIS"
+
+    def __init__(self, targets: Targets, settings: Settings, seed: int = 0,
+                 fraction_train: float = 1.0, *, curvature: tuple[StateDict, StateDict],
+                 gamma: float, trim_rounds: int = 0) -> None:
+        super().__init__(targets, settings, seed, fraction_train)
+        if not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+        self.h, self.h_prime = curvature
+        self.gamma = gamma
+        self.trim_rounds = trim_rounds
+        self.mask: Mask = {}
+        self._previous: ArrayRecord | None = None
+
+    def choose(self) -> Mask:
+        """The entries to reset: :func:`select` of the TIS scores at ``gamma``."""
+        return select(tis_scores(self.h, self.h_prime), self.gamma)
+
+    def perturb(self, trained: StateDict, initial: StateDict) -> StateDict:
+        """Reset the chosen entries to their initial values; keep every other entry."""
+        self.mask = self.choose()
+        return reset(trained, initial, self.mask)
+
+    def phases(self) -> list[Phase]:
+        """TRIM rounds on retained data (the clients receive the mask), if any."""
+        if self.trim_rounds < 1:
+            return []
+        return [self.recovery(self.trim_rounds, name="trim")]
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """FedAvg messages that also carry the trainable mask (uint8 per parameter)."""
+        self._previous = arrays
+        self.extra_records = {"mask": ArrayRecord(
+            {k: Array(v.to(torch.uint8).numpy()) for k, v in self.mask.items()})}
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """FedAvg, then every entry outside the mask is put back bit for bit.
+
+        Clients already keep those entries fixed, but a weighted mean of equal floats
+        can differ from them in the last bit; TRIM promises them unchanged.
+        """
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        if arrays is None or self._previous is None:
+            return arrays, metrics
+        fixed = ArrayRecord()
+        for name in arrays.keys():
+            new = arrays[name].numpy()
+            if name in self.mask:
+                old = self._previous[name].numpy()
+                new = np.where(self.mask[name].numpy(), new, old)
+            fixed[name] = Array(np.ascontiguousarray(new))
+        return fixed, metrics
+
+
+class RandomReset(TargetedReset):
+    """Random Reset: as many entries per layer as TIS would reset, chosen uniformly."""
+
+    name = "RandomReset"
+
+    def choose(self) -> Mask:
+        """TIS's per-layer counts, random locations (seeded)."""
+        return random_mask(super().choose(), self.seed)
