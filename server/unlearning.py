@@ -29,6 +29,7 @@ from fedunlearn.evaluation import evaluate_unlearning, nfs, nta, rtr
 from fedunlearn.federation import Federation
 from fedunlearn.ledger import Ledger, digest
 from fedunlearn.requests import ForgetRequest, RequestRefused, materialize, scenario_request
+from fedunlearn.training import evaluate
 from fedunlearn.unlearning.tis import reset_fraction
 from server.central import CentralEvaluator
 from server.curvature import Curvature, query_curvature
@@ -118,11 +119,17 @@ def take_requests(grid: Grid, cfg: DictConfig, nodes: dict[int, int], ledger: Le
 
 @dataclass
 class EvalSets:
-    """The data a request is judged on: retained, forget and test samples."""
+    """The data a request is judged on: retained, forget and test samples.
+
+    ``target_classes`` are the classes the forget set (nearly) owns: a model that
+    forgot them well loses them on the test set too, which deflates full-test NTA;
+    ``test_other`` is then reported on the remaining classes as well.
+    """
 
     retain_ids: np.ndarray
     forget_ids: np.ndarray
     backdoor: dict[str, Any] | None = None
+    target_classes: list[int] = field(default_factory=list)
 
 
 class UnlearningEvaluator:
@@ -136,6 +143,10 @@ class UnlearningEvaluator:
         self.forget = train.subset(sets.forget_ids)
         self.test = federation.splits.test
         self.backdoor = sets.backdoor
+        self.other = None
+        if sets.target_classes:
+            keep = ~np.isin(self.test.labels.numpy(), sets.target_classes)
+            self.other = self.test.subset(np.flatnonzero(keep))
         self.seed = int(cfg.seed)
         self.folds = int(cfg.unlearn.evaluate.mia_folds)
         max_retain = cfg.unlearn.evaluate.max_retain
@@ -144,17 +155,31 @@ class UnlearningEvaluator:
     def __call__(self, arrays: ArrayRecord | StateDict) -> dict[str, float]:
         """Every metric of the evaluation module, in percent."""
         model = self.central.load(arrays)
-        return evaluate_unlearning(
+        metrics = evaluate_unlearning(
             model, retain=self.retain, forget=self.forget, test=self.test,
             batch_size=self.central.batch_size, device=self.central.device, seed=self.seed,
             folds=self.folds, max_retain=self.max_retain, backdoor=self.backdoor,
         )
+        if self.other is not None:
+            stats = evaluate(model, self.other.images, self.other.labels,
+                             batch_size=self.central.batch_size, device=self.central.device)
+            metrics["test_other"] = 100.0 * stats.accuracy
+        return metrics
+
+
+# A class counts as owned by the forget set when this share of its training samples is in it.
+OWNED_SHARE = 0.9
 
 
 def eval_sets(cfg: DictConfig, federation: Federation, forget: ForgetSet) -> EvalSets:
-    """Retained ids (all training ids but the forget ones), forget ids, backdoor setup."""
+    """Retained ids (all training ids but the forget ones), forget ids, the classes the
+    forget set owns, and the backdoor setup."""
     everything = np.concatenate(federation.train_ids)
     forget_ids = forget.all_ids
+    labels = federation.splits.train.labels.numpy()
+    total = np.bincount(labels[everything], minlength=federation.splits.num_classes)
+    held = np.bincount(labels[forget_ids], minlength=federation.splits.num_classes)
+    owned = [c for c in range(len(total)) if total[c] and held[c] >= OWNED_SHARE * total[c]]
     backdoor = None
     if forget.kind == "backdoor":
         attack = cfg.attack
@@ -163,7 +188,9 @@ def eval_sets(cfg: DictConfig, federation: Federation, forget: ForgetSet) -> Eva
         backdoor = {"target": int(attack.target),
                     "trigger": lambda x: add_trigger(x, int(attack.size), str(attack.corner),
                                                      white)}
-    return EvalSets(np.setdiff1d(everything, forget_ids), forget_ids, backdoor)
+    if forget.kind == "backdoor":
+        owned = []  # poisoned samples carry the target label: it is not "owned"
+    return EvalSets(np.setdiff1d(everything, forget_ids), forget_ids, backdoor, owned)
 
 
 @dataclass
@@ -364,6 +391,8 @@ def add_ratios(rows: list[dict]) -> list[dict]:
     for row in rows:
         extra = {
             "nta": nta(row["test"], retrain["test"]),
+            **({"nta_other": nta(row["test_other"], retrain["test_other"])}
+               if "test_other" in row else {}),
             "nfs": nfs(orig["forget"], row["forget"], retrain["forget"]),
             "nfs_mia": nfs(orig["mia"], row["mia"], retrain["mia"]),
         }

@@ -1,0 +1,46 @@
+"""Shared plumbing of the unlearning benchmarks: run ``fedunlearn run`` per setting
+and seed, gather rows and curves, and describe the machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def machine() -> str:
+    """One line naming the machine the numbers come from."""
+    return (f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU, "
+            f"torch {torch.__version__}, Python {platform.python_version()}")
+
+
+def run_setting(name: str, overrides: list[str], seed: int, work: Path,
+                cache: Path) -> tuple[list[dict], list[dict], float]:
+    """``fedunlearn run`` one setting and seed; return its rows, curves and wall seconds.
+
+    Rows and curves get ``scenario = name`` so that settings sharing a scenario kind
+    (client-wise on IID and on Dirichlet clients) stay apart in the report.
+    """
+    out = work / f"{name}-seed{seed}"
+    started = time.perf_counter()
+    done = subprocess.run(
+        [str(BIN / "fedunlearn"), "run", *overrides, f"seed={seed}",
+         f"cache_dir={cache}", f"hydra.run.dir={out}"],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{name} seed {seed} failed:\n{done.stderr[-3000:]}")
+    results = json.loads((out / "results.json").read_text())
+    rows = [{**r, "scenario": name} for r in results["rows"]]
+    curves = [{**c, "scenario": name} for c in results["curves"]]
+    return rows, curves, wall

@@ -1,0 +1,75 @@
+"""Benchmark of issue 3: every method side by side on every forget scenario, 3 seeds.
+
+Embedded MNIST digits, the NoT CNN, 10 clients, the hyper-parameters fixed in
+``conf/`` (nothing is tuned after seeing results: every run is reported). Per
+setting and seed one ``fedunlearn run`` trains (or reuses the cached model of the
+same training config), answers the scenario's request with Retrain, FT, NoT, GA
+and GDA, and evaluates every round.
+
+Usage: ``.venv/bin/python bench/unlearning.py [--seeds 0 1 2]``; writes
+``bench/unlearning/RESULTS.md``, ``results.json`` and the curves' PNGs. The report
+is rewritten after every run, so an interrupted benchmark still shows what it did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.runs import ROOT, machine, run_setting  # noqa: E402
+from fedunlearn.evaluation import write_report  # noqa: E402
+
+METHODS = "unlearn.methods=[Retrain,FT,NoT,GA,GDA]"
+SETTINGS: dict[str, list[str]] = {
+    # Sanity check: one IID client of ten carries no membership signal (NOTES).
+    "client-iid": ["scenario=client"],
+    "client-dirichlet0.1": ["scenario=client", "partition=dirichlet", "partition.beta=0.1"],
+    "class": ["scenario=class"],
+    "instance-10pct": ["scenario=instance"],
+    "backdoor": ["attack=backdoor", "scenario=backdoor"],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS))
+    args = parser.parse_args()
+    out = ROOT / "bench" / "unlearning"
+    out.mkdir(parents=True, exist_ok=True)
+    command = (".venv/bin/python bench/unlearning.py --seeds "
+               + " ".join(map(str, args.seeds)) + " --settings " + " ".join(args.settings))
+    rows: list[dict] = []
+    curves: list[dict] = []
+    walls: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for seed in args.seeds:
+            for name in args.settings:
+                r, c, wall = run_setting(name, [METHODS, *SETTINGS[name]], seed, work,
+                                         work / "cache")
+                rows += r
+                curves += c
+                walls[f"{name} seed {seed}"] = round(wall, 1)
+                print(f"{name} seed {seed}: {wall:.0f} s", flush=True)
+                meta = {
+                    "command": command,
+                    "machine": machine(),
+                    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                    "settings": {k: " ".join(v) for k, v in SETTINGS.items()},
+                    "fixed": METHODS + " + conf/ defaults (unlearn.recovery_rounds=5, "
+                             "train.rounds=20, 10 clients, cnn, mnist_embedded)",
+                    "wall_seconds": walls,
+                }
+                paths = write_report(out, rows, curves, title="Unlearning benchmark",
+                                     meta=meta)
+                paths["report.md"].replace(out / "RESULTS.md")
+
+
+if __name__ == "__main__":
+    main()
