@@ -8,10 +8,14 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from fedunlearn.evaluation import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -44,3 +48,38 @@ def run_setting(name: str, overrides: list[str], seed: int, work: Path,
     rows = [{**r, "scenario": name} for r in results["rows"]]
     curves = [{**c, "scenario": name} for c in results["curves"]]
     return rows, curves, wall
+
+
+def sweep(settings: dict[str, list[str]], seeds: list[int], out: Path, *, title: str,
+          command: str, meta: dict, on_update: Callable[[list[dict]], None] | None = None
+          ) -> list[dict]:
+    """Run every setting for every seed, seed by seed; after each run rewrite
+    ``out/RESULTS.md`` (with ``results.json`` and the curves), so that an interrupted
+    benchmark still shows what it did. Training caches are shared within the sweep.
+
+    Returns
+    -------
+    list of dict
+        Every row of every run.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    curves: list[dict] = []
+    walls: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for seed in seeds:
+            for name, overrides in settings.items():
+                r, c, wall = run_setting(name, overrides, seed, work, work / "cache")
+                rows += r
+                curves += c
+                walls[f"{name} seed {seed}"] = round(wall, 1)
+                print(f"{name} seed {seed}: {wall:.0f} s", flush=True)
+                if on_update:
+                    on_update(rows)
+                full = {"command": command, "machine": machine(),
+                        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                        **meta, "wall_seconds": walls}
+                paths = write_report(out, rows, curves, title=title, meta=full)
+                paths["report.md"].replace(out / "RESULTS.md")
+    return rows

@@ -20,14 +20,12 @@ import argparse
 import math
 import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.runs import ROOT, machine, run_setting  # noqa: E402
-from fedunlearn.evaluation import tradeoff_plot, write_report  # noqa: E402
+from bench.runs import ROOT, sweep  # noqa: E402
+from fedunlearn.evaluation import tradeoff_plot  # noqa: E402
 
 GAMMAS = [0.3, 0.5, 0.6, 0.7, 0.8, 0.9]
 COMMON = ["num_clients=5", "model=cnn_nonorm", "train.rounds=10",
@@ -68,36 +66,18 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS))
     args = parser.parse_args()
     out = ROOT / "bench" / "tis"
-    out.mkdir(parents=True, exist_ok=True)
     command = (".venv/bin/python bench/tis.py --seeds " + " ".join(map(str, args.seeds))
                + " --settings " + " ".join(args.settings))
-    rows: list[dict] = []
-    curves: list[dict] = []
-    walls: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        for seed in args.seeds:
-            for name in args.settings:
-                r, c, wall = run_setting(name, [*COMMON, *SETTINGS[name]], seed, work,
-                                         work / "cache")
-                rows += r
-                curves += c
-                walls[f"{name} seed {seed}"] = round(wall, 1)
-                print(f"{name} seed {seed}: {wall:.0f} s", flush=True)
-                for setting in {row["scenario"] for row in rows}:
-                    tradeoff_plot(out / f"tradeoff_{setting}.png",
-                                  tradeoff_points(rows, setting),
-                                  title=f"{setting}: NTA vs NFS (mean over seeds)")
-                meta = {
-                    "command": command,
-                    "machine": machine(),
-                    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                    "common": " ".join(COMMON),
-                    "settings": {k: " ".join(v) for k, v in SETTINGS.items()},
-                    "wall_seconds": walls,
-                }
-                paths = write_report(out, rows, curves, title="TIS benchmark", meta=meta)
-                paths["report.md"].replace(out / "RESULTS.md")
+
+    def plots(rows: list[dict]) -> None:
+        for setting in {row["scenario"] for row in rows}:
+            tradeoff_plot(out / f"tradeoff_{setting}.png", tradeoff_points(rows, setting),
+                          title=f"{setting}: NTA vs NFS (mean over seeds)")
+
+    meta = {"common": " ".join(COMMON),
+            "settings": {k: " ".join(SETTINGS[k]) for k in args.settings}}
+    sweep({k: [*COMMON, *SETTINGS[k]] for k in args.settings}, args.seeds, out,
+          title="TIS benchmark", command=command, meta=meta, on_update=plots)
 
 
 if __name__ == "__main__":

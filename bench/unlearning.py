@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.runs import ROOT, machine, run_setting  # noqa: E402
-from fedunlearn.evaluation import write_report  # noqa: E402
+from bench.runs import ROOT, sweep  # noqa: E402
 
 METHODS = "unlearn.methods=[Retrain,FT,NoT,GA,GDA]"
 SETTINGS: dict[str, list[str]] = {
@@ -40,35 +37,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS))
     args = parser.parse_args()
-    out = ROOT / "bench" / "unlearning"
-    out.mkdir(parents=True, exist_ok=True)
     command = (".venv/bin/python bench/unlearning.py --seeds "
                + " ".join(map(str, args.seeds)) + " --settings " + " ".join(args.settings))
-    rows: list[dict] = []
-    curves: list[dict] = []
-    walls: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        for seed in args.seeds:
-            for name in args.settings:
-                r, c, wall = run_setting(name, [METHODS, *SETTINGS[name]], seed, work,
-                                         work / "cache")
-                rows += r
-                curves += c
-                walls[f"{name} seed {seed}"] = round(wall, 1)
-                print(f"{name} seed {seed}: {wall:.0f} s", flush=True)
-                meta = {
-                    "command": command,
-                    "machine": machine(),
-                    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                    "settings": {k: " ".join(v) for k, v in SETTINGS.items()},
-                    "fixed": METHODS + " + conf/ defaults (unlearn.recovery_rounds=5, "
-                             "train.rounds=20, 10 clients, cnn, mnist_embedded)",
-                    "wall_seconds": walls,
-                }
-                paths = write_report(out, rows, curves, title="Unlearning benchmark",
-                                     meta=meta)
-                paths["report.md"].replace(out / "RESULTS.md")
+    meta = {
+        "settings": {k: " ".join(SETTINGS[k]) for k in args.settings},
+        "fixed": METHODS + " + conf/ defaults (unlearn.recovery_rounds=5, "
+                 "train.rounds=20, 10 clients, cnn, mnist_embedded)",
+    }
+    sweep({k: [METHODS, *SETTINGS[k]] for k in args.settings}, args.seeds,
+          ROOT / "bench" / "unlearning", title="Unlearning benchmark", command=command,
+          meta=meta)
 
 
 if __name__ == "__main__":

@@ -117,6 +117,22 @@ def take_requests(grid: Grid, cfg: DictConfig, nodes: dict[int, int], ledger: Le
         poll_requests(grid, {pid: nodes[pid] for pid in recorded}, timeout, ack=recorded)
 
 
+def notify_deleted(grid: Grid, nodes: list[int], request: ForgetRequest,
+                   timeout: float) -> None:
+    """Tell the nodes holding forget data that the request is answered: they may delete it.
+
+    From then on those nodes refuse curvature queries for this request, so a request
+    replayed against deleted data fails cleanly instead of using stale statistics.
+    """
+    config = ConfigRecord({"request": request.to_json()})
+    messages = [Message(RecordDict({"config": config}), message_type="query.delete",
+                        dst_node_id=node) for node in nodes]
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        if reply.has_error():
+            LOG.warning("node %d did not confirm the deletion: %s",
+                        reply.metadata.src_node_id, reply.error.reason)
+
+
 @dataclass
 class EvalSets:
     """The data a request is judged on: retained, forget and test samples.
@@ -299,6 +315,8 @@ def answer_requests(grid: Grid, cfg: DictConfig, outcome: TrainOutcome, out_dir:
             LOG.exception("request %s failed", request.request_id)
             continue
         ledger.finish(request.request_id)
+        notify_deleted(grid, [outcome.nodes[c] for c in forget.clients], request,
+                       float(cfg.train.round_timeout))
         rows.extend(rows_r)
         curves.extend(curves_r)
     return rows, curves

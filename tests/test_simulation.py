@@ -59,3 +59,15 @@ def test_bad_input_one_line(fedunlearn_cmd, tmp_path, override, needle):
     assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if line.startswith("fedunlearn: error:")]
     assert len(errors) == 1 and needle in errors[0], done.stderr[-1500:]
+
+
+def test_multirun_sweep(fedunlearn_cmd, tmp_path):
+    done = subprocess.run(
+        [*fedunlearn_cmd, "train", "--multirun", "seed=0,1", "dataset=digits", "num_clients=2",
+         "train.rounds=1", "runtime.num_cpus=2", f"cache_dir={tmp_path / 'cache'}",
+         f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summaries = [json.loads((tmp_path / "sweep" / str(job) / "train.json").read_text())
+                 for job in (0, 1)]
+    assert summaries[0]["fingerprint"] != summaries[1]["fingerprint"]  # two seeds, two models

@@ -298,6 +298,33 @@ def test_converter_model_uses_eval_mode_and_leaves_the_model_alone(data) -> None
     assert model.relu.inplace
 
 
+class FunctionalNet(nn.Module):
+    """A functional op BackPACK's converter leaves as a function call: no module to extend."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, CLASSES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(torch.tanh(x.flatten(1)))
+
+
+def test_backpack_support_rules(data) -> None:
+    images, labels = data
+    in_place = make(relu_net)
+    in_place[1].inplace = True  # a plain chain, but in place: goes through the converter
+    assert supports_backpack(in_place)
+    ggn_diag = reference_ggn_diag(in_place, images)
+    assert rel_error(run(in_place, images, labels, "diag_hessian"), ggn_diag) < EXACT_RTOL
+    group_norm = nn.Sequential(nn.Conv2d(1, 2, 3), nn.GroupNorm(1, 2), nn.Flatten())
+    assert not supports_backpack(group_norm)
+    functional = FunctionalNet()
+    assert not supports_backpack(functional)
+    with pytest.raises(ValueError, match="non-module operations .*tanh"):
+        run(functional, images, labels, "diag_ggn_exact")
+    assert resolve_estimator(functional, "auto") == "exact_func"
+
+
 def test_frozen_parameters_get_a_curvature_too(data) -> None:
     images, labels = data
     model = make(relu_net)

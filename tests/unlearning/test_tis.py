@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
@@ -46,7 +47,7 @@ def same(a: object, b: object) -> bool:
 
 def test_aggregation_arithmetic() -> None:
     acc = CurvatureAccumulator(SHAPES)
-    acc.add(ones(1.0), 2, ones(3.0), 6)  # client 0: 2 forget, 6 retained samples
+    acc.add(ones(1.0), np.int64(2), ones(3.0), 6)  # client 0: 2 forget, 6 retained samples
     acc.add(None, 0, ones(5.0), 4)  # client 1: no forget samples, only h
     acc.add(ones(9.0), 1, None, 0)  # client 2: only forget samples
     h, h_prime = acc.result()
