@@ -3,19 +3,16 @@
 A TIS client reports ``diag(H)`` of the mean loss over its forget samples and over its
 retained samples (paper Eq. 29). "H" is, depending on ``estimator``:
 
-==================  ==============================================================  ========
-estimator           what it computes                                                models
-==================  ==============================================================  ========
-``diag_hessian``    exact Hessian diagonal (BackPACK ``DiagHessian``)                BackPACK
-``diag_ggn_exact``  exact generalized Gauss-Newton (GGN) diagonal (``DiagGGNExact``)  BackPACK
-``diag_ggn_mc``     Monte-Carlo GGN diagonal, ``mc_samples`` labels drawn from the   BackPACK
-                    model's softmax per sample (``DiagGGNMC``)
-``exact_func``      exact GGN diagonal via ``torch.func`` (vmap over samples)         all
-``hutchinson``      Hutchinson estimate of the Hessian diagonal, ``E[z * (H z)]``     all
-                    with Rademacher probes ``z`` and Hessian-vector products
-``auto``            ``diag_ggn_exact`` where BackPACK supports the model, else        all
-                    ``exact_func``: the exact GGN diagonal either way
-==================  ==============================================================  ========
+- ``diag_hessian``: the exact Hessian diagonal (BackPACK ``DiagHessian``; BackPACK models).
+- ``diag_ggn_exact``: the exact generalized Gauss-Newton (GGN) diagonal (BackPACK
+  ``DiagGGNExact``; BackPACK models).
+- ``diag_ggn_mc``: a Monte-Carlo GGN diagonal from ``mc_samples`` labels drawn from the
+  model's softmax per sample (BackPACK ``DiagGGNMC``; BackPACK models).
+- ``exact_func``: the exact GGN diagonal via ``torch.func`` (vmap over samples; any model).
+- ``hutchinson``: Hutchinson's estimate of the Hessian diagonal, ``E[z * (H z)]`` with
+  Rademacher probes ``z`` and Hessian-vector products (double backward; any model).
+- ``auto``: ``diag_ggn_exact`` where BackPACK supports the model, else ``exact_func``: the
+  exact GGN diagonal either way, by the fastest route available.
 
 The GGN of the cross-entropy is ``J^T H_out J`` (``J`` the Jacobian of the logits w.r.t.
 the parameters, ``H_out = diag(p) - p p^T`` the Hessian of the loss w.r.t. the logits),
@@ -43,6 +40,7 @@ it is evaluated.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import warnings
 from collections.abc import Callable, Iterator
@@ -97,7 +95,6 @@ class _BackpackView:
     """
 
     module: nn.Module | None
-    use_converter: bool
     reason: str = ""
 
 
@@ -121,7 +118,7 @@ def _backpack_view(model: nn.Module) -> _BackpackView:
     """Deep-copy ``model`` into eval mode and, where needed, through BackPACK's converter."""
     module = copy.deepcopy(model).eval()
     if not _needs_converter(module):
-        return _BackpackView(module, use_converter=False)
+        return _BackpackView(module)
     try:
         # The converter only warns about graph nodes that are not module calls (functional
         # ops, parameters read directly); those break second-order extensions, so they
@@ -131,17 +128,15 @@ def _backpack_view(model: nn.Module) -> _BackpackView:
             converted = convert_module_to_backpack(module, False)
     except Exception as error:  # fx tracing fails in many ways, none of them ours to raise
         reason = f"BackPACK's converter cannot trace it ({type(error).__name__}: {error})"
-        return _BackpackView(None, use_converter=True, reason=reason.splitlines()[0])
+        return _BackpackView(None, reason=reason.splitlines()[0])
     others = sorted(
         f"{node.op} {node.target}"
         for node in converted.graph.nodes
         if node.op not in ("call_module", "placeholder", "output")
     )
     if others:
-        return _BackpackView(
-            None, use_converter=True, reason=f"its graph has non-module operations ({others[0]})"
-        )
-    return _BackpackView(converted, use_converter=True)
+        return _BackpackView(None, reason=f"its graph has non-module operations ({others[0]})")
+    return _BackpackView(converted)
 
 
 def _missing_extensions(module: nn.Module, extension: BackpropExtension) -> list[str]:
@@ -215,9 +210,12 @@ def supports_backpack(model: nn.Module) -> bool:
     return "diag_ggn_exact" in supported_estimators(model)
 
 
-def _resolve(estimator: str, model: nn.Module) -> tuple[str, _BackpackView]:
+def _resolve(estimator: str, model: nn.Module) -> tuple[str, nn.Module | None]:
+    """The concrete estimator, and for BackPACK ones the prepared (unextended) copy."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+    if estimator in _UNIVERSAL:
+        return estimator, None  # no need to copy and convert the model to check
     view, reasons = _support(model)
     if estimator == "auto":
         estimator = "diag_ggn_exact" if not reasons["diag_ggn_exact"] else "exact_func"
@@ -227,7 +225,7 @@ def _resolve(estimator: str, model: nn.Module) -> tuple[str, _BackpackView]:
             f"estimator {estimator!r} does not work for {type(model).__name__}: "
             f"{reasons[estimator]}; estimators that work for it: {works}"
         )
-    return estimator, view
+    return estimator, view.module if estimator in _BACKPACK else None
 
 
 def resolve_estimator(model: nn.Module, estimator: str) -> str:
@@ -307,7 +305,7 @@ def _ggn_batch(module: nn.Module, x: Tensor, y: Tensor) -> list[Tensor]:
 
 
 def _hutchinson_batch(
-    module: nn.Module, x: Tensor, y: Tensor, probes: int, generator: torch.Generator
+    module: nn.Module, x: Tensor, y: Tensor, *, probes: int, generator: torch.Generator
 ) -> list[Tensor]:
     """Hutchinson estimate of the Hessian diagonal of the mean loss over one batch."""
     params = list(module.parameters())
@@ -392,16 +390,27 @@ def diagonal_curvature(
             f"mc_samples and hutchinson_samples must be positive, got {mc_samples} and "
             f"{hutchinson_samples}"
         )
-    estimator, view = _resolve(estimator, model)
+    estimator, backpack_module = _resolve(estimator, model)
     device = torch.device(device)
     names = [name for name, _ in model.named_parameters()]
-    if estimator in _BACKPACK:
-        module = extend(view.module).to(device)
-        loss_fn = extend(nn.CrossEntropyLoss(reduction="mean"))
-        extension = _BACKPACK[estimator](mc_samples)
+    step: Callable[[Tensor, Tensor], list[Tensor]]
+    if backpack_module is not None:
+        module = extend(backpack_module).to(device)
+        step = functools.partial(
+            _backpack_batch,
+            module,
+            extend(nn.CrossEntropyLoss(reduction="mean")),
+            _BACKPACK[estimator](mc_samples),
+        )
     else:
         module = copy.deepcopy(model).eval().to(device)
-        generator = torch.Generator().manual_seed(seed)
+        if estimator == "exact_func":
+            step = functools.partial(_ggn_batch, module)
+        else:
+            generator = torch.Generator().manual_seed(seed)
+            step = functools.partial(
+                _hutchinson_batch, module, probes=hutchinson_samples, generator=generator
+            )
     module.requires_grad_(True)  # frozen parameters get a curvature too
     module_names = [name for name, _ in module.named_parameters()]
     # The converter may reorder parameters (results are matched by name below), but it
@@ -418,13 +427,7 @@ def diagonal_curvature(
     # (hutchinson) nor a vmap rule (exact_func); BackPACK never gets attention models.
     with _private_rng(device, seed), sdpa_kernel(SDPBackend.MATH):
         for done, (x, y) in enumerate(_batches(images, labels, batch_size, device, dtype), 1):
-            if estimator in _BACKPACK:
-                diag = _backpack_batch(module, loss_fn, extension, x, y)
-            elif estimator == "exact_func":
-                diag = _ggn_batch(module, x, y)
-            else:
-                diag = _hutchinson_batch(module, x, y, hutchinson_samples, generator)
-            for total, part in zip(totals, diag, strict=True):
+            for total, part in zip(totals, step(x, y), strict=True):
                 total.add_(part.detach(), alpha=len(x))
             if progress is not None:
                 progress(done, num_batches)

@@ -18,6 +18,7 @@ Recovery (TRIM, paper Appendix 2) then fine-tunes only the reset entries on reta
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -94,7 +95,8 @@ class CurvatureAccumulator:
 
     def _check(self, what: str, diag: Mapping[str, Tensor] | None, count: int) -> None:
         """Raise CurvatureReplyError unless ``diag`` fits the signature (None iff unused)."""
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        # numbers.Integral admits numpy integers; bool is an int but never a count.
+        if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 0:
             raise CurvatureReplyError(f"{what}: count must be a non-negative int, got {count!r}")
         if diag is None:
             if count > 0:
@@ -161,9 +163,9 @@ class CurvatureAccumulator:
             if diag is None or count == 0:
                 continue
             for name, total in sums.items():
-                total.add_(diag[name].detach().to("cpu", torch.float64), alpha=count)
-        self._n_forget += n_forget
-        self._n_retain += n_retain
+                total.add_(diag[name].detach().to("cpu", torch.float64), alpha=int(count))
+        self._n_forget += int(n_forget)
+        self._n_retain += int(n_retain)
         self._replies += 1
 
     def result(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
