@@ -50,10 +50,10 @@ def run_setting(name: str, overrides: list[str], seed: int, work: Path,
     return rows, curves, wall
 
 
-def sweep(settings: dict[str, list[str]], seeds: list[int], out: Path, *, title: str,
-          command: str, meta: dict, on_update: Callable[[list[dict]], None] | None = None
-          ) -> list[dict]:
-    """Run every setting for every seed, seed by seed; after each run rewrite
+def sweep(settings: dict[str, list[str]], jobs: list[tuple[str, int]], out: Path, *,
+          title: str, command: str, meta: dict,
+          on_update: Callable[[list[dict]], None] | None = None) -> list[dict]:
+    """Run each (setting, seed) of ``jobs`` in order; after each run rewrite
     ``out/RESULTS.md`` (with ``results.json`` and the curves), so that an interrupted
     benchmark still shows what it did. Training caches are shared within the sweep.
 
@@ -68,18 +68,33 @@ def sweep(settings: dict[str, list[str]], seeds: list[int], out: Path, *, title:
     walls: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for seed in seeds:
-            for name, overrides in settings.items():
-                r, c, wall = run_setting(name, overrides, seed, work, work / "cache")
-                rows += r
-                curves += c
-                walls[f"{name} seed {seed}"] = round(wall, 1)
-                print(f"{name} seed {seed}: {wall:.0f} s", flush=True)
-                if on_update:
-                    on_update(rows)
-                full = {"command": command, "machine": machine(),
-                        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                        **meta, "wall_seconds": walls}
-                paths = write_report(out, rows, curves, title=title, meta=full)
-                paths["report.md"].replace(out / "RESULTS.md")
+        for name, seed in jobs:
+            r, c, wall = run_setting(name, settings[name], seed, work, work / "cache")
+            rows += r
+            curves += c
+            walls[f"{name} seed {seed}"] = round(wall, 1)
+            print(f"{name} seed {seed}: {wall:.0f} s", flush=True)
+            if on_update:
+                on_update(rows)
+            full = {"command": command, "machine": machine(),
+                    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                    **meta, "wall_seconds": walls}
+            paths = write_report(out, rows, curves, title=title, meta=full)
+            paths["report.md"].replace(out / "RESULTS.md")
     return rows
+
+
+def rewrite(out: Path, title: str) -> None:
+    """Write ``out/RESULTS.md`` again from ``out/results.json`` (same rows, same meta)."""
+    results = json.loads((out / "results.json").read_text())
+    paths = write_report(out, results["rows"], results["curves"], title=title,
+                         meta=results["meta"])
+    paths["report.md"].replace(out / "RESULTS.md")
+
+
+if __name__ == "__main__":
+    # python bench/runs.py rewrite DIR TITLE: re-render a benchmark's report.
+    if len(sys.argv) == 4 and sys.argv[1] == "rewrite":
+        rewrite(Path(sys.argv[2]), sys.argv[3])
+    else:
+        raise SystemExit("usage: python bench/runs.py rewrite DIR TITLE")

@@ -294,9 +294,10 @@ def _noise_floor(
 ) -> str:
     """Average gap between reference runs of different seeds: what "no difference" scores.
 
-    Only runs that agree on every match key but ``seed`` are paired (same forget set).
+    Runs of the same scenario are paired; the seed changes the partition, the trained
+    model and the request (its id), so ``seed`` and ``request`` are not matched.
     """
-    others = [k for k in match_keys if k != "seed"]
+    others = [k for k in match_keys if k not in ("seed", "request")]
     references = [r for r in rows if r["method"] == reference_method]
     pairs = [
         (a, b)

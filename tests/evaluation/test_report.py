@@ -236,3 +236,15 @@ def test_rows_of_different_requests_match_their_own_retrain() -> None:
     ]
     assert [r["gap"] for r in add_gaps(rows)] == [0.0, 0.0, 1.0, 1.0]
     assert "request_mean" not in summarize(rows)[0]
+
+
+def test_noise_floor_pairs_retrains_of_one_scenario_across_requests(tmp_path: Path) -> None:
+    # Each seed's request has its own id (the seed is part of its content).
+    rows = [
+        _row("iid", "Retrain", 0, 92.0, 84.0, 82.0, 50.0, request="a"),
+        _row("iid", "Retrain", 1, 90.0, 80.0, 84.0, 50.0, request="b"),
+    ]
+    report = write_report(tmp_path, rows, [], title="t", meta={})["report.md"].read_text()
+    # avg gap = (2 + 4 + 2 + 0) / 4 = 2.00 over the one pair
+    assert "noise floor (avg. gap between Retrain runs of different seeds; pairs: 1): 2.00" \
+        in report
