@@ -11,8 +11,7 @@ from omegaconf import DictConfig
 
 from fedunlearn.config import ConfigError, from_payload
 from fedunlearn.data import ImageData
-from fedunlearn.federation import Federation, build_federation
-from fedunlearn.models import build_model
+from fedunlearn.federation import Federation, build_federation, configured_model
 from fedunlearn.training import pick_device
 
 # Key of the ConfigRecord entry that carries the composed config (JSON).
@@ -30,12 +29,7 @@ class NodeView:
 
     def model(self) -> torch.nn.Module:
         """A fresh model of the configured architecture on this node's device."""
-        splits = self.federation.splits
-        options = dict(self.cfg.model.options or {})
-        return build_model(
-            self.cfg.model.name, splits.num_classes, splits.in_shape, **options
-        ).to(self.device)
-
+        return configured_model(self.cfg, self.federation).to(self.device)
 
     def forget_ids(self, request_json: str) -> np.ndarray:
         """This client's training ids that ``request_json`` asks to forget (maybe none)."""

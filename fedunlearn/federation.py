@@ -12,10 +12,12 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fedunlearn.data import DatasetSplits, ImageData, backdoor, load_dataset, poison
 from fedunlearn.data.partition import partition, train_val_split
+from fedunlearn.models import build_model, seeded_model
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,23 @@ class Federation:
     def client_val(self, client: int) -> ImageData:
         """The validation data of one client."""
         return self.splits.train.subset(self.val_ids[client])
+
+
+def configured_model(cfg: DictConfig, federation: Federation,
+                     seed: int | None = None) -> torch.nn.Module:
+    """A model of ``cfg.model`` for this federation's data (classes, input shape).
+
+    Parameters
+    ----------
+    seed : int, optional
+        Build deterministically under this seed (the initial weights); ``None`` leaves
+        the initialization to the caller (weights are loaded right after).
+    """
+    splits = federation.splits
+    options = dict(cfg.model.options or {})
+    if seed is None:
+        return build_model(cfg.model.name, splits.num_classes, splits.in_shape, **options)
+    return seeded_model(cfg.model.name, splits.num_classes, splits.in_shape, seed, **options)
 
 
 def build_federation(cfg: DictConfig) -> Federation:

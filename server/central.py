@@ -6,8 +6,7 @@ import torch
 from flwr.app import ArrayRecord
 from omegaconf import DictConfig
 
-from fedunlearn.federation import Federation
-from fedunlearn.models import build_model
+from fedunlearn.federation import Federation, configured_model
 from fedunlearn.training import evaluate, pick_device
 
 
@@ -15,12 +14,9 @@ class CentralEvaluator:
     """Evaluates arrays on the test set, reusing one model instance across rounds."""
 
     def __init__(self, cfg: DictConfig, federation: Federation) -> None:
-        splits = federation.splits
         self.device = pick_device(cfg.runtime.device)
-        self.model = build_model(
-            cfg.model.name, splits.num_classes, splits.in_shape, **dict(cfg.model.options or {})
-        ).to(self.device)
-        self.test = splits.test
+        self.model = configured_model(cfg, federation).to(self.device)
+        self.test = federation.splits.test
         self.batch_size = int(cfg.train.eval_batch_size)
 
     def load(self, arrays: ArrayRecord | dict[str, torch.Tensor]) -> torch.nn.Module:

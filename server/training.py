@@ -14,8 +14,7 @@ from omegaconf import DictConfig
 
 from client.node import PAYLOAD_KEY
 from fedunlearn.config import fingerprint, to_payload, training_view
-from fedunlearn.federation import Federation, build_federation
-from fedunlearn.models import seeded_model
+from fedunlearn.federation import Federation, build_federation, configured_model
 from server.central import CentralEvaluator
 from server.checkpoint import Checkpoint, cache_path, cached
 from server.nodes import discover_partitions
@@ -63,9 +62,7 @@ def train_global(grid: Grid, cfg: DictConfig, out_dir: Path) -> TrainOutcome:
     if ckpt is not None:
         LOG.info("reusing the trained model %s (config unchanged)", cache_path(cfg.cache_dir, key))
     else:
-        splits = federation.splits
-        model = seeded_model(cfg.model.name, splits.num_classes, splits.in_shape,
-                             int(cfg.seed), **dict(cfg.model.options or {}))
+        model = configured_model(cfg, federation, seed=int(cfg.seed))
         initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
         strategy = FederatedAveraging(
             participants=list(nodes.values()),
