@@ -10,7 +10,7 @@ Retrain runs in the same job as the reference. The backdoor setting poisons ever
 non-9 training sample of client 0 with a 3x3 white corner trigger relabelled to 9
 and forgets the poisoned samples.
 
-Usage: ``.venv/bin/python bench/tis.py [--seeds 0 1 2 3 4]``; writes
+Usage: ``.venv/bin/python bench/tis.py [--seeds 0 1 2 3 4] [--backdoor-seeds 0 1 2]``; writes
 ``bench/tis/RESULTS.md``, ``results.json``, ``tradeoff_<setting>.png``.
 """
 
@@ -38,6 +38,7 @@ SETTINGS: dict[str, list[str]] = {
     "backdoor": ["partition=iid", "attack=backdoor", "attack.target=9", "attack.fraction=1.0",
                  "scenario=backdoor"],
 }
+TRADEOFF = ["preferential", "dirichlet0.8", "random"]
 
 
 def mean(values: list[float]) -> float:
@@ -62,12 +63,18 @@ def tradeoff_points(rows: list[dict], setting: str) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
+                        help="seeds of the trade-off settings")
+    parser.add_argument("--settings", nargs="+", default=TRADEOFF)
+    parser.add_argument("--backdoor-seeds", type=int, nargs="*", default=[0, 1, 2])
     args = parser.parse_args()
     out = ROOT / "bench" / "tis"
     command = (".venv/bin/python bench/tis.py --seeds " + " ".join(map(str, args.seeds))
-               + " --settings " + " ".join(args.settings))
+               + " --settings " + " ".join(args.settings) + " --backdoor-seeds "
+               + " ".join(map(str, args.backdoor_seeds)))
+    # The trade-off settings first, all seeds; then the backdoor.
+    jobs = [(name, seed) for seed in args.seeds for name in args.settings]
+    jobs += [("backdoor", seed) for seed in args.backdoor_seeds]
 
     def plots(rows: list[dict]) -> None:
         for setting in {row["scenario"] for row in rows}:
@@ -75,8 +82,8 @@ def main() -> None:
                           title=f"{setting}: NTA vs NFS (mean over seeds)")
 
     meta = {"common": " ".join(COMMON),
-            "settings": {k: " ".join(SETTINGS[k]) for k in args.settings}}
-    sweep({k: [*COMMON, *SETTINGS[k]] for k in args.settings}, args.seeds, out,
+            "settings": {k: " ".join(v) for k, v in SETTINGS.items()}}
+    sweep({k: [*COMMON, *v] for k, v in SETTINGS.items()}, jobs, out,
           title="TIS benchmark", command=command, meta=meta, on_update=plots)
 
 

@@ -44,7 +44,8 @@ def main() -> None:
         "fixed": METHODS + " + conf/ defaults (unlearn.recovery_rounds=5, "
                  "train.rounds=20, 10 clients, cnn, mnist_embedded)",
     }
-    sweep({k: [METHODS, *SETTINGS[k]] for k in args.settings}, args.seeds,
+    jobs = [(name, seed) for seed in args.seeds for name in args.settings]
+    sweep({k: [METHODS, *SETTINGS[k]] for k in args.settings}, jobs,
           ROOT / "bench" / "unlearning", title="Unlearning benchmark", command=command,
           meta=meta)
 
