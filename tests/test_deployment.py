@@ -30,10 +30,9 @@ def overrides(tmp_path, *extra):
 
 def assert_all_stopped(groups):
     assert len(groups) == 3  # SuperLink + 2 SuperNodes
-    for name, pgid in groups.items():
+    for pgid in groups.values():
         with pytest.raises(ProcessLookupError):
             os.killpg(pgid, 0)  # signal 0: does any process of the group live?
-        assert name
 
 
 def test_two_rounds_over_grpc_then_a_clients_request(tmp_path, fedunlearn_cmd):
