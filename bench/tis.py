@@ -73,12 +73,16 @@ def main() -> None:
     parser.add_argument("--backdoor-seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--backdoor", choices=["backdoor", "backdoor-all"], default="backdoor")
     parser.add_argument("--out", default="bench/tis", help="report folder (repo-relative)")
+    parser.add_argument("--override", nargs="*", default=[],
+                        help="further Hydra overrides for every run")
     args = parser.parse_args()
+    common = [*COMMON, *args.override]
     out = ROOT / args.out
     command = (".venv/bin/python bench/tis.py --seeds " + " ".join(map(str, args.seeds))
                + " --settings " + " ".join(args.settings) + " --backdoor-seeds "
                + " ".join(map(str, args.backdoor_seeds)) + f" --backdoor {args.backdoor}"
-               + f" --out {args.out}")
+               + f" --out {args.out}"
+               + (" --override " + " ".join(args.override) if args.override else ""))
     # The trade-off settings first, all seeds; then the backdoor.
     jobs = [(name, seed) for seed in args.seeds for name in args.settings]
     jobs += [(args.backdoor, seed) for seed in args.backdoor_seeds]
@@ -88,9 +92,9 @@ def main() -> None:
             tradeoff_plot(out / f"tradeoff_{setting}.png", tradeoff_points(rows, setting),
                           title=f"{setting}: NTA vs NFS (mean over seeds)")
 
-    meta = {"common": " ".join(COMMON),
+    meta = {"common": " ".join(common),
             "settings": {k: " ".join(v) for k, v in SETTINGS.items()}}
-    sweep({k: [*COMMON, *v] for k, v in SETTINGS.items()}, jobs, out,
+    sweep({k: [*common, *v] for k, v in SETTINGS.items()}, jobs, out,
           title="TIS benchmark", command=command, meta=meta, on_update=plots)
 
 
