@@ -218,7 +218,6 @@ class MethodRun:
     metrics: dict[str, float]
     curve: list[dict[str, float]]
     cost: dict[str, float]
-    rounds: list[RoundRecord] = field(default_factory=list)
 
 
 def run_method(grid: Grid, cfg: DictConfig, spec: MethodSpec, outcome: TrainOutcome,
@@ -273,7 +272,7 @@ def run_method(grid: Grid, cfg: DictConfig, spec: MethodSpec, outcome: TrainOutc
     final = arrays.to_torch_state_dict()
     metrics = records[-1].evaluation if records else {k: v for k, v in curve[0].items()
                                                       if k != "round"}
-    return MethodRun(name, final, {**metrics, **extra}, curve, cost, records)
+    return MethodRun(name, final, {**metrics, **extra}, curve, cost)
 
 
 def outcome_log(record: RoundRecord) -> None:
