@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -129,6 +129,27 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("COMMIT")
 
 
+class SQLiteFile:
+    """An embedded SQLite file opened with :func:`connect`: the lifecycle shared by the
+    server's ledger and a client's outbox (subclasses set ``SCHEMA``)."""
+
+    SCHEMA = ""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._conn = connect(self.path, self.SCHEMA)
+
+    def close(self) -> None:
+        """Close the file; further calls fail."""
+        self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 @dataclass(frozen=True)
 class LedgerEntry:
     """One recorded request and where it stands.
@@ -154,7 +175,7 @@ class LedgerEntry:
     updated: str
 
 
-class Ledger:
+class Ledger(SQLiteFile):
     """The server's durable record of forget requests and their receipts.
 
     Parameters
@@ -169,20 +190,7 @@ class Ledger:
     ...         ledger.start(request.request_id)
     """
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._conn = connect(self.path, _SCHEMA)
-
-    # ---- lifecycle -----------------------------------------------------------
-    def close(self) -> None:
-        """Close the file; further calls fail."""
-        self._conn.close()
-
-    def __enter__(self) -> Ledger:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    SCHEMA = _SCHEMA
 
     # ---- writes --------------------------------------------------------------
     def record(self, request: ForgetRequest) -> bool:

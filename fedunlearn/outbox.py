@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fedunlearn.ledger import connect, transaction
+from fedunlearn.ledger import SQLiteFile, transaction
 from fedunlearn.requests import KINDS, ForgetRequest, RequestRefused, new_request_id
 
 __all__ = ["Outbox", "OutboxEntry", "OutboxError", "forget_command"]
@@ -60,7 +60,7 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-class Outbox:
+class Outbox(SQLiteFile):
     """Forget requests a client has made, durable across restarts (SQLite file).
 
     Parameters
@@ -69,19 +69,7 @@ class Outbox:
         The file; created with its folder when missing.
     """
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._conn = connect(self.path, _SCHEMA)
-
-    def close(self) -> None:
-        """Close the file."""
-        self._conn.close()
-
-    def __enter__(self) -> Outbox:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    SCHEMA = _SCHEMA
 
     def add(self, request: ForgetRequest) -> None:
         """Store a request as unsent; adding the same request again changes nothing.
