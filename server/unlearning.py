@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from client.node import PAYLOAD_KEY
 from fedunlearn.config import to_payload
 from fedunlearn.data import ForgetSet, add_trigger, trigger_value
-from fedunlearn.evaluation import evaluate_unlearning, nfs, nta, rtr
+from fedunlearn.evaluation import add_ratios, evaluate_unlearning
 from fedunlearn.federation import Federation
 from fedunlearn.ledger import Ledger, digest
 from fedunlearn.requests import ForgetRequest, RequestRefused, materialize, scenario_request
@@ -183,10 +183,6 @@ class UnlearningEvaluator:
         return metrics
 
 
-# A class counts as owned by the forget set when this share of its training samples is in it.
-OWNED_SHARE = 0.9
-
-
 def eval_sets(cfg: DictConfig, federation: Federation, forget: ForgetSet) -> EvalSets:
     """Retained ids (all training ids but the forget ones), forget ids, the classes the
     forget set owns, and the backdoor setup."""
@@ -195,17 +191,17 @@ def eval_sets(cfg: DictConfig, federation: Federation, forget: ForgetSet) -> Eva
     labels = federation.splits.train.labels.numpy()
     total = np.bincount(labels[everything], minlength=federation.splits.num_classes)
     held = np.bincount(labels[forget_ids], minlength=federation.splits.num_classes)
-    owned = [c for c in range(len(total)) if total[c] and held[c] >= OWNED_SHARE * total[c]]
+    share = float(cfg.unlearn.evaluate.owned_share)
+    owned = [c for c in range(len(total)) if total[c] and held[c] >= share * total[c]]
     backdoor = None
     if forget.kind == "backdoor":
+        owned = []  # poisoned samples carry the target label: it is not "owned"
         attack = cfg.attack
         # "White" as the poisoned training images had it, not the test images' maximum.
         white = trigger_value(federation.splits.train.images)
         backdoor = {"target": int(attack.target),
                     "trigger": lambda x: add_trigger(x, int(attack.size), str(attack.corner),
                                                      white)}
-    if forget.kind == "backdoor":
-        owned = []  # poisoned samples carry the target label: it is not "owned"
     return EvalSets(np.setdiff1d(everything, forget_ids), forget_ids, backdoor, owned)
 
 
@@ -395,28 +391,6 @@ def _curvature(grid: Grid, cfg: DictConfig, outcome: TrainOutcome,
     LOG.info("curvature statistics from %d nodes (%d refused): %.2e bytes, %.1f s",
              curvature.replies, len(curvature.refused), curvature.bytes, curvature.seconds)
     return curvature
-
-
-def add_ratios(rows: list[dict]) -> list[dict]:
-    """NTA, NFS (forget accuracy), NFS_MIA and RTR of each row against the request's
-    Original (before unlearning) and Retrain rows, when both are present."""
-    ref = {row["method"]: row for row in rows}
-    if "Original" not in ref or "Retrain" not in ref:
-        return rows
-    orig, retrain = ref["Original"], ref["Retrain"]
-    out = []
-    for row in rows:
-        extra = {
-            "nta": nta(row["test"], retrain["test"]),
-            **({"nta_other": nta(row["test_other"], retrain["test_other"])}
-               if "test_other" in row else {}),
-            "nfs": nfs(orig["forget"], row["forget"], retrain["forget"]),
-            "nfs_mia": nfs(orig["mia"], row["mia"], retrain["mia"]),
-        }
-        if row["method"] != "Original":
-            extra["rtr"] = rtr(row["seconds"], retrain["seconds"])
-        out.append({**row, **extra})
-    return out
 
 
 def _method_settings(cfg: DictConfig, spec: MethodSpec) -> dict:

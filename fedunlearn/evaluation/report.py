@@ -27,7 +27,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from fedunlearn.evaluation.metrics import GAP_KEYS, average_gap
+from fedunlearn.evaluation.metrics import GAP_KEYS, average_gap, nfs, nta, rtr
 
 #: Metrics that get a per-seed absolute difference ``d_<key>`` to the reference.
 DELTA_KEYS: tuple[str, ...] = (*GAP_KEYS, "mia_efficacy", "asr", "backdoor_acc")
@@ -125,6 +125,33 @@ def _missing_references(
     """Match tuples that have rows but no reference row (``references``: :func:`_references`)."""
     keys = _unique(_match(row, match_keys) for row in rows)
     return [key for key in keys if key not in references]
+
+
+def add_ratios(rows: list[dict]) -> list[dict]:
+    """NTA, NFS (forget accuracy), NFS_MIA and RTR of each row against the
+    ``Original`` (before unlearning) and ``Retrain`` rows of the same request.
+
+    Rows of one request only; returned unchanged when either reference is missing.
+    ``nta_other`` (NTA on the non-target classes) is added where rows carry
+    ``test_other``.
+    """
+    ref = {row["method"]: row for row in rows}
+    if "Original" not in ref or "Retrain" not in ref:
+        return rows
+    orig, retrain = ref["Original"], ref["Retrain"]
+    out = []
+    for row in rows:
+        extra = {
+            "nta": nta(row["test"], retrain["test"]),
+            **({"nta_other": nta(row["test_other"], retrain["test_other"])}
+               if "test_other" in row else {}),
+            "nfs": nfs(orig["forget"], row["forget"], retrain["forget"]),
+            "nfs_mia": nfs(orig["mia"], row["mia"], retrain["mia"]),
+        }
+        if row["method"] != "Original":
+            extra["rtr"] = rtr(row["seconds"], retrain["seconds"])
+        out.append({**row, **extra})
+    return out
 
 
 def add_gaps(

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from fedunlearn.evaluation import add_gaps, summarize, tradeoff_plot, write_report
+from fedunlearn.evaluation import add_gaps, add_ratios, summarize, tradeoff_plot, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 COST = {"mia_efficacy": 40.0, "bytes": 1.5e9, "flops": 2.5e12, "seconds": 12.0, "rounds": 5}
@@ -248,3 +248,18 @@ def test_noise_floor_pairs_retrains_of_one_scenario_across_requests(tmp_path: Pa
     # avg gap = (2 + 4 + 2 + 0) / 4 = 2.00 over the one pair
     assert "noise floor (avg. gap between Retrain runs of different seeds; pairs: 1): 2.00" \
         in report
+
+
+def test_add_ratios_against_original_and_retrain() -> None:
+    rows = [
+        _row("c", "Original", 0, 98.0, 90.0, 96.0, 60.0, seconds=0.0, test_other=97.0),
+        _row("c", "Retrain", 0, 97.0, 50.0, 94.0, 50.0, seconds=20.0, test_other=96.0),
+        _row("c", "TIS", 0, 90.0, 60.0, 84.6, 52.0, seconds=5.0, test_other=86.4),
+    ]
+    tis = {r["method"]: r for r in add_ratios(rows)}["TIS"]
+    assert tis["nta"] == pytest.approx(0.9)  # 84.6 / 94
+    assert tis["nta_other"] == pytest.approx(0.9)  # 86.4 / 96
+    assert tis["nfs"] == pytest.approx(0.75)  # (90 - 60) / (90 - 50)
+    assert tis["nfs_mia"] == pytest.approx(0.8)  # (60 - 52) / (60 - 50)
+    assert tis["rtr"] == pytest.approx(0.25)  # 5 / 20
+    assert add_ratios(rows[1:]) == rows[1:]  # no Original row: unchanged
