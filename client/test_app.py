@@ -47,8 +47,12 @@ def test_curvature_counts_and_shapes_then_refusal_after_deletion():
     delete(message("query.delete"), ctx)
     with pytest.raises(RuntimeError, match="already deleted"):
         curvature(message("query.curvature"), ctx)
-    # Another node has deleted nothing and still answers.
-    assert curvature(message("query.curvature"), context(1)).content.metric_records
+    # Another node has deleted nothing and still answers: it holds no forget samples
+    # of client 0's request, only retained ones.
+    other = curvature(message("query.curvature"), context(1)).content
+    assert other.metric_records["metrics"]["n-forget"] == 0
+    assert other.metric_records["metrics"]["n-retain"] == len(fed.train_ids[1])
+    assert "h-forget" not in other.array_records
 
 
 def test_trim_mask_keeps_frozen_entries_on_the_client():

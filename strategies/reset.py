@@ -53,6 +53,9 @@ class TargetedReset(UnlearningStrategy):
     def perturb(self, trained: StateDict, initial: StateDict) -> StateDict:
         """Reset the chosen entries to their initial values; keep every other entry."""
         self.mask = self.choose()
+        # TRIM's clients train only these entries; the mask rides with every message.
+        self.extra_records = {"mask": ArrayRecord(
+            {k: Array(v.to(torch.uint8).numpy()) for k, v in self.mask.items()})}
         return reset(trained, initial, self.mask)
 
     def phases(self) -> list[Phase]:
@@ -63,10 +66,9 @@ class TargetedReset(UnlearningStrategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        """FedAvg messages that also carry the trainable mask (uint8 per parameter)."""
+        """FedAvg messages (with the mask, see :meth:`perturb`); remembers the arrays
+        sent, whose unmasked entries :meth:`aggregate_train` puts back."""
         self._previous = arrays
-        self.extra_records = {"mask": ArrayRecord(
-            {k: Array(v.to(torch.uint8).numpy()) for k, v in self.mask.items()})}
         return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]

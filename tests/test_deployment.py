@@ -13,8 +13,7 @@ import pytest
 from fedunlearn.config import compose
 from fedunlearn.ledger import Ledger
 from fedunlearn.outbox import Outbox
-from fedunlearn.runtime.deployment import DeploymentError, deploy, outbox_path
-from tests.conftest import free_ports
+from fedunlearn.runtime.deployment import DeploymentError, deploy, free_ports, outbox_path
 
 pytestmark = pytest.mark.integration
 

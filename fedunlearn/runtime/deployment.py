@@ -120,6 +120,19 @@ def port_free(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) != 0
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports that are free on ``host`` right now (the OS picks them)."""
+    socks = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.bind((host, 0))
+        socks.append(sock)
+    ports = [sock.getsockname()[1] for sock in socks]
+    for sock in socks:
+        sock.close()
+    return ports
+
+
 @dataclass
 class LocalCluster:
     """A SuperLink and ``num_nodes`` SuperNodes on one host, stopped on exit.
