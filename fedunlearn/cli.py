@@ -8,6 +8,7 @@ word after the sub-command is Hydra's: overrides, ``--multirun``, ``--cfg job``.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -84,7 +85,7 @@ def _job(cfg: DictConfig, job: str) -> float:
             from fedunlearn.runtime.deployment import deploy
 
             deploy(cfg, list(hydra_cfg.overrides.task), out_dir, job)
-            accuracy = float(_read_json(out_dir / "train.json")["test_accuracy"])
+            accuracy = float(json.loads((out_dir / "train.json").read_text())["test_accuracy"])
         else:
             from fedunlearn.runtime.simulation import simulate
 
@@ -96,12 +97,6 @@ def _job(cfg: DictConfig, job: str) -> float:
     if job == "run" and report.exists():
         print(f"unlearning report: {report}")
     return accuracy
-
-
-def _read_json(path: Path) -> dict:
-    import json
-
-    return json.loads(path.read_text())
 
 
 COMMANDS: dict[str, Callable[[DictConfig], object]] = {"run": run_task, "train": train_task}
