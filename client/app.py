@@ -46,12 +46,14 @@ def requests(msg: Message, context: Context) -> Message:
     if path:
         from fedunlearn.outbox import Outbox
 
-        outbox = Outbox(str(path))
-        acked = msg.content.config_records.get("ack", ConfigRecord())
-        if acked:
-            outbox.mark_sent([str(v) for v in acked.values()])
-        for request in outbox.unsent():
-            found[request.request_id] = request.to_json()
+        with Outbox(str(path)) as outbox:
+            # Lets `fedunlearn forget` refuse a request in another client's name at once.
+            outbox.claim(partition_id(context))
+            acked = msg.content.config_records.get("ack", ConfigRecord())
+            if acked:
+                outbox.mark_sent([str(v) for v in acked.values()])
+            for request in outbox.unsent():
+                found[request.request_id] = request.to_json()
     return Message(RecordDict({"requests": found}), reply_to=msg)
 
 

@@ -11,6 +11,15 @@ returned again, so never repeated. Each unlearning method that ran for a
 request leaves a receipt (a JSON object the caller builds, e.g. with the
 :func:`digest` of the model before and after).
 
+The ledger also stores who sent each request (``scenario`` or ``client:K``).
+A submission that never became a request (malformed, sent in another client's
+name, or re-using a recorded id with other content or another sender) is kept
+as a row of its own in ``rejections`` (:meth:`Ledger.reject`): a forged
+duplicate never changes the genuine request.
+
+The file and the folders the ledger creates are private to their owner (0600
+and 0700), whatever the umask: requests name clients and samples.
+
 The file uses SQLite's write-ahead log with ``synchronous=FULL``: a write is on
 disk when its transaction returns, so a finished request survives a crash or a
 power cut right after.
@@ -20,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -30,13 +40,15 @@ from typing import Any, Self
 
 import numpy as np
 
-from fedunlearn.requests import ForgetRequest
+from fedunlearn.requests import ForgetRequest, RequestRefused
 
 __all__ = [
     "STATES",
     "Ledger",
     "LedgerEntry",
     "LedgerError",
+    "Rejection",
+    "RequestConflict",
     "connect",
     "digest",
     "transaction",
@@ -60,7 +72,17 @@ CREATE TABLE IF NOT EXISTS requests (
     reason   TEXT,
     created  TEXT NOT NULL,
     updated  TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0
+    attempts INTEGER NOT NULL DEFAULT 0,
+    sender   TEXT NOT NULL DEFAULT 'unknown',
+    content  TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS rejections (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id TEXT,
+    sender     TEXT NOT NULL,
+    body       TEXT NOT NULL,
+    reason     TEXT NOT NULL,
+    created    TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS receipts (
     request_id TEXT NOT NULL REFERENCES requests (id),
@@ -72,8 +94,19 @@ CREATE TABLE IF NOT EXISTS receipts (
 """
 
 
+# Columns added after the first release; an older ledger file gains them on open.
+_ADDED_COLUMNS = {"sender": "TEXT NOT NULL DEFAULT 'unknown'",
+                  "content": "TEXT NOT NULL DEFAULT ''"}
+# A rejected submission's body is kept for the record, cut to this many characters.
+_MAX_REJECTED_BODY = 4096
+
+
 class LedgerError(RuntimeError):
     """An unknown request id or a transition its state does not allow (one line)."""
+
+
+class RequestConflict(LedgerError):
+    """A request id that is already recorded with other content or another sender."""
 
 
 def _now() -> str:
@@ -99,7 +132,11 @@ def connect(path: str | Path, schema: str) -> sqlite3.Connection:
     sqlite3.Connection
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _private_dirs(path.parent)
+    # Create the file 0600 before SQLite does (it would honour the umask); SQLite gives
+    # its -wal and -shm files the database file's mode.
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    os.chmod(path, 0o600)
     conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
     # WAL lets a reader (a status query) run while the server writes.
     conn.execute("PRAGMA journal_mode=WAL")
@@ -111,6 +148,17 @@ def connect(path: str | Path, schema: str) -> sqlite3.Connection:
             if statement.strip():
                 conn.execute(statement)
     return conn
+
+
+def _private_dirs(folder: Path) -> None:
+    """Create ``folder`` and its missing parents as 0700 (existing folders are left alone)."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for created in reversed(missing):
+        created.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(created, 0o700)  # mkdir's mode is masked by the umask
 
 
 @contextmanager
@@ -159,6 +207,8 @@ class LedgerEntry:
     request : ForgetRequest
     state : str
         One of :data:`STATES`.
+    sender : str
+        Who submitted it: ``scenario`` or ``client:K`` (the polled node's partition).
     reason : str or None
         Why it failed (``state == "failed"`` only).
     attempts : int
@@ -173,6 +223,32 @@ class LedgerEntry:
     attempts: int
     created: str
     updated: str
+    sender: str = "unknown"
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A submission the ledger refused to record as a request.
+
+    Attributes
+    ----------
+    request_id : str or None
+        The id it claimed, when it could be read.
+    sender : str
+        ``scenario`` or ``client:K``.
+    body : str
+        What was sent (cut to 4,096 characters).
+    reason : str
+        One line.
+    created : str
+        ISO time of the refusal.
+    """
+
+    request_id: str | None
+    sender: str
+    body: str
+    reason: str
+    created: str
 
 
 class Ledger(SQLiteFile):
@@ -192,44 +268,98 @@ class Ledger(SQLiteFile):
 
     SCHEMA = _SCHEMA
 
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(path)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Give a ledger file of an earlier version the columns added since."""
+        have = {row[1] for row in self._conn.execute("PRAGMA table_info(requests)")}
+        missing = [name for name in _ADDED_COLUMNS if name not in have]
+        if not missing:
+            return
+        with transaction(self._conn) as conn:
+            for name in missing:
+                conn.execute(f"ALTER TABLE requests ADD COLUMN {name} {_ADDED_COLUMNS[name]}")
+            for request_id, body in conn.execute(
+                    "SELECT id, body FROM requests WHERE content = ''").fetchall():
+                content = _content(ForgetRequest.from_json(body))
+                conn.execute("UPDATE requests SET content = ? WHERE id = ?",
+                             (content, request_id))
+
     # ---- writes --------------------------------------------------------------
-    def record(self, request: ForgetRequest) -> bool:
-        """Record a request as ``received``.
+    def record(self, request: ForgetRequest, sender: str = "scenario") -> bool:
+        """Record a request as ``received``, with who sent it.
+
+        Parameters
+        ----------
+        request : ForgetRequest
+            A validated request.
+        sender : str
+            ``scenario`` or ``client:K``.
 
         Returns
         -------
         bool
-            True if the id was new; False if it was already recorded, in which
-            case nothing changes (a request is never duplicated or reset).
-        """
-        now = _now()
-        with transaction(self._conn) as conn:
-            cursor = conn.execute(
-                "INSERT OR IGNORE INTO requests "
-                "(id, kind, client, body, state, reason, created, updated, attempts) "
-                "VALUES (?, ?, ?, ?, 'received', NULL, ?, ?, 0)",
-                (request.request_id, request.kind, request.client, request.to_json(), now, now),
-            )
-        return cursor.rowcount == 1
-
-    def refuse(self, request: ForgetRequest | str, reason: str) -> None:
-        """Record a request (when given one) and mark it ``failed`` with ``reason``.
-
-        Refusing an already failed request keeps its first reason.
+            True if the id was new; False if the same request (content and
+            sender) was already recorded, in which case nothing changes (a
+            request is never duplicated or reset).
 
         Raises
         ------
-        LedgerError
-            The id is unknown (given as a string) or the request is ``done``.
+        RequestConflict
+            The id is recorded with other content or another sender; nothing
+            changes (the caller records the submission with :meth:`reject`).
         """
-        if isinstance(request, ForgetRequest):
-            self.record(request)
-            request_id = request.request_id
-        else:
-            request_id = request
+        now = _now()
+        content = _content(request)
         with transaction(self._conn) as conn:
-            if self._state(conn, request_id) != "failed":
-                self._move(conn, request_id, "fail", reason)
+            row = conn.execute("SELECT content, sender FROM requests WHERE id = ?",
+                               (request.request_id,)).fetchone()
+            if row is not None:
+                if tuple(row) != (content, sender):
+                    raise RequestConflict(
+                        f"request id '{request.request_id}' is already recorded "
+                        f"{'from ' + row[1] if row[1] != sender else 'with other content'}")
+                return False
+            conn.execute(
+                "INSERT INTO requests (id, kind, client, body, state, reason, created, "
+                "updated, attempts, sender, content) "
+                "VALUES (?, ?, ?, ?, 'received', NULL, ?, ?, 0, ?, ?)",
+                (request.request_id, request.kind, request.client, request.to_json(), now, now,
+                 sender, content),
+            )
+        return True
+
+    def reject(self, body: str, sender: str, reason: str,
+               request_id: str | None = None) -> None:
+        """Keep a submission that is not recorded as a request, with why.
+
+        Never raises for odd input: the body is cut to 4,096 characters and any
+        text that is not valid Unicode is replaced, so a hostile submission is
+        still on file.
+
+        Parameters
+        ----------
+        body : str
+            What was submitted.
+        sender : str
+            ``scenario`` or ``client:K``.
+        reason : str
+            Why it was refused (its first line is kept).
+        request_id : str, optional
+            The id it claimed, when it could be read.
+        """
+        def clean(text: object, limit: int) -> str:
+            return str(text)[:limit].encode("utf-8", "replace").decode("utf-8")
+
+        with transaction(self._conn) as conn:
+            conn.execute(
+                "INSERT INTO rejections (request_id, sender, body, reason, created) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (None if request_id is None else clean(request_id, 64), clean(sender, 64),
+                 clean(body, _MAX_REJECTED_BODY), _one_line(clean(reason, 1000)) or "", _now()),
+            )
 
     def start(self, request_id: str) -> None:
         """``received`` or ``running`` (resumed after a crash) -> ``running``; attempts + 1."""
@@ -271,16 +401,43 @@ class Ledger(SQLiteFile):
     def get(self, request_id: str) -> LedgerEntry:
         """The entry of one request; :class:`LedgerError` when the id is unknown."""
         row = self._conn.execute(
-            "SELECT body, state, reason, attempts, created, updated FROM requests WHERE id = ?",
-            (request_id,),
+            f"SELECT {_COLUMNS} FROM requests WHERE id = ?", (request_id,)
         ).fetchone()
         if row is None:
             raise LedgerError(f"unknown request id '{request_id}'")
         return _entry(row)
 
+    def find(self, request: ForgetRequest, sender: str) -> LedgerEntry | None:
+        """The recorded request from ``sender`` with the same content, if any (oldest)."""
+        row = self._conn.execute(
+            f"SELECT {_COLUMNS} FROM requests WHERE content = ? AND sender = ? "
+            "ORDER BY rowid LIMIT 1", (_content(request), sender)).fetchone()
+        return None if row is None else _entry(row)
+
+    def rejections(self) -> list[Rejection]:
+        """Every refused submission, oldest first."""
+        rows = self._conn.execute(
+            "SELECT request_id, sender, body, reason, created FROM rejections ORDER BY seq"
+        ).fetchall()
+        return [Rejection(*row) for row in rows]
+
     def pending(self) -> list[LedgerEntry]:
-        """Requests still to carry out (``received`` or ``running``), oldest first."""
-        return self._entries("WHERE state IN ('received', 'running')")
+        """Requests still to carry out (``received`` or ``running``), oldest first.
+
+        A stored request that no longer passes validation (recorded by an earlier
+        version with looser checks) is failed with the reason instead of returned,
+        so it cannot stop every later server.
+        """
+        where = "WHERE state IN ('received', 'running')"
+        rows = self._conn.execute(
+            f"SELECT id, {_COLUMNS} FROM requests {where} ORDER BY rowid").fetchall()
+        entries = []
+        for request_id, *row in rows:
+            try:
+                entries.append(_entry(tuple(row)))
+            except RequestRefused as exc:
+                self.fail(request_id, f"stored request is invalid: {exc}")
+        return entries
 
     def all(self) -> list[LedgerEntry]:
         """Every recorded request, oldest first."""
@@ -299,8 +456,7 @@ class Ledger(SQLiteFile):
     def _entries(self, where: str) -> list[LedgerEntry]:
         # rowid order is insertion order: the order in which requests arrived.
         rows = self._conn.execute(
-            "SELECT body, state, reason, attempts, created, updated FROM requests "
-            f"{where} ORDER BY rowid"
+            f"SELECT {_COLUMNS} FROM requests {where} ORDER BY rowid"
         ).fetchall()
         return [_entry(row) for row in rows]
 
@@ -340,10 +496,18 @@ def _one_line(reason: str | None) -> str | None:
     return lines[0] if lines else ""
 
 
+_COLUMNS = "body, state, reason, attempts, created, updated, sender"
+
+
 def _entry(row: tuple[Any, ...]) -> LedgerEntry:
-    body, state, reason, attempts, created, updated = row
+    body, state, reason, attempts, created, updated, sender = row
     return LedgerEntry(ForgetRequest.from_json(body), state, reason, int(attempts), created,
-                       updated)
+                       updated, sender)
+
+
+def _content(request: ForgetRequest) -> str:
+    """Canonical JSON of what a request forgets: equal content, equal text."""
+    return json.dumps(request.content(), sort_keys=True, separators=(",", ":"))
 
 
 def digest(state_dict: Mapping[str, Any]) -> str:

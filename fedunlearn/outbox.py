@@ -6,7 +6,12 @@ ClientApp attaches the :meth:`Outbox.unsent` requests to its next reply to the
 server's ``query.requests`` poll and marks them sent once the reply is built.
 The server, not the client, decides whether a request can be carried out
 (:func:`fedunlearn.requests.materialize` needs the data): the command checks
-only the request's shape.
+the request's shape and bounds, and that ``--client`` is the partition of the
+node that owns the outbox once the ClientApp has recorded it
+(:meth:`Outbox.claim`). ``fedunlearn forget --cancel ID`` removes a request
+that has not been sent yet.
+
+This module imports neither torch nor the data layer: the command starts fast.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from __future__ import annotations
 import argparse
 import sqlite3
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +36,10 @@ CREATE TABLE IF NOT EXISTS outbox (
     body  TEXT NOT NULL,
     added TEXT NOT NULL,
     sent  TEXT
+);
+CREATE TABLE IF NOT EXISTS node (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
 );
 """
 
@@ -125,6 +135,39 @@ class Outbox(SQLiteFile):
                 [(now, i) for i in wanted],
             )
 
+    def cancel(self, request_id: str) -> ForgetRequest:
+        """Remove an unsent request and return it.
+
+        Raises
+        ------
+        OutboxError
+            The id is unknown, or the request was already sent (the server has
+            it: cancelling is then no longer the client's to do).
+        """
+        with transaction(self._conn) as conn:
+            row = conn.execute("SELECT body, sent FROM outbox WHERE id = ?",
+                               (request_id,)).fetchone()
+            if row is None:
+                raise OutboxError(f"unknown request id '{request_id}' in the outbox")
+            if row[1] is not None:
+                raise OutboxError(f"request '{request_id}' was already sent ({row[1]}); "
+                                  "it can no longer be cancelled")
+            conn.execute("DELETE FROM outbox WHERE id = ?", (request_id,))
+        return ForgetRequest.from_json(row[0])
+
+    def claim(self, partition: int) -> None:
+        """Record which partition this node holds (the ClientApp does, on every poll)."""
+        with transaction(self._conn) as conn:
+            conn.execute("INSERT INTO node (key, value) VALUES ('partition-id', ?) "
+                         "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                         (int(partition),))
+
+    def partition(self) -> int | None:
+        """The partition of the node that owns this outbox, once the ClientApp said so."""
+        row = self._conn.execute(
+            "SELECT value FROM node WHERE key = 'partition-id'").fetchone()
+        return None if row is None else int(row[0])
+
     def all(self) -> list[OutboxEntry]:
         """Every stored request, sent or not, oldest first."""
         rows = self._conn.execute(
@@ -150,6 +193,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _id_list(text: str) -> tuple[int, ...]:
     try:
+        # Bounds are ForgetRequest's (below 2^63); parsing only needs integers.
         return tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(
@@ -162,11 +206,13 @@ def _parser() -> _Parser:
         prog=PROG,
         allow_abbrev=False,
         description="Record a request to forget some of this client's data; the ClientApp "
-        "sends it to the server with its next reply. Prints the request id.",
+        "sends it to the server with its next reply. Prints the request id. "
+        "With --cancel ID, remove a request that has not been sent yet.",
     )
     parser.add_argument("--outbox", required=True, type=Path, help="the client's outbox file")
-    parser.add_argument("--client", required=True, type=int, help="this client's partition id")
-    parser.add_argument("--kind", required=True, choices=KINDS, help="what to forget")
+    parser.add_argument("--cancel", metavar="ID", help="remove this unsent request instead")
+    parser.add_argument("--client", type=int, help="this client's partition id")
+    parser.add_argument("--kind", choices=KINDS, help="what to forget")
     parser.add_argument("--class", dest="cls", type=int, help="class to forget (kind class)")
     parser.add_argument("--ids", type=_id_list, help="sample ids to forget (kind instance)")
     parser.add_argument(
@@ -183,6 +229,7 @@ def forget_command(argv: list[str]) -> int:
     [--ids 1,2,3] [--fraction F] [--seed S]``. Kind ``class`` needs ``--class``;
     kind ``instance`` needs one of ``--ids`` and ``--fraction`` (a fraction of
     this client's own samples); kinds ``client`` and ``backdoor`` take neither.
+    ``fedunlearn forget --outbox PATH --cancel ID`` removes an unsent request.
 
     Parameters
     ----------
@@ -192,10 +239,18 @@ def forget_command(argv: list[str]) -> int:
     Returns
     -------
     int
-        0 after printing the new request id; 2 after a one-line error on stderr.
+        0 after printing the new (or cancelled) request id; 2 after a one-line
+        error on stderr.
     """
     try:
         args = _parser().parse_args(argv)
+        if args.cancel is not None:
+            with _open(args.outbox) as outbox:
+                outbox.cancel(args.cancel)
+            print(f"cancelled {args.cancel}")
+            return 0
+        if args.client is None or args.kind is None:
+            raise _UsageError("the following arguments are required: --client, --kind")
         request = ForgetRequest(
             request_id=new_request_id(),
             kind=args.kind,
@@ -208,12 +263,12 @@ def forget_command(argv: list[str]) -> int:
             seed=args.seed,
             origin="client",
         )
-        try:
-            with Outbox(args.outbox) as outbox:
-                outbox.add(request)
-        except (sqlite3.Error, OSError) as exc:
-            # sqlite's own message ("unable to open database file") names no file.
-            raise OutboxError(f"cannot use the outbox {args.outbox}: {exc}") from exc
+        with _open(args.outbox) as outbox:
+            owner = outbox.partition()
+            if owner is not None and owner != request.client:
+                raise OutboxError(f"this outbox belongs to client {owner}, not client "
+                                  f"{request.client}")
+            outbox.add(request)
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
     except (_UsageError, RequestRefused, OutboxError) as exc:
@@ -222,3 +277,19 @@ def forget_command(argv: list[str]) -> int:
         return 2
     print(request.request_id)
     return 0
+
+
+@contextmanager
+def _open(path: Path) -> Iterator[Outbox]:
+    """The outbox at ``path``; file errors become one-line :class:`OutboxError`s."""
+    try:
+        outbox = Outbox(path)
+    except (sqlite3.Error, OSError) as exc:
+        # sqlite's own message ("unable to open database file") names no file.
+        raise OutboxError(f"cannot use the outbox {path}: {exc}") from exc
+    try:
+        yield outbox
+    except sqlite3.Error as exc:
+        raise OutboxError(f"cannot use the outbox {path}: {exc}") from exc
+    finally:
+        outbox.close()

@@ -6,10 +6,14 @@ derives the same partitions from the config (:mod:`fedunlearn.federation`), so
 :func:`materialize` turns a request into a :class:`~fedunlearn.data.ForgetSet`
 on the server with the builders of :mod:`fedunlearn.data.forget`.
 
-Requests come from two places. The experiment's scenario (``conf/scenario``)
-schedules one; its id is :func:`request_id_for` its content, so submitting the
-same scenario again is a no-op in the ledger. A client's own
-``fedunlearn forget`` command makes one with a random :func:`new_request_id`.
+Requests come from two places: the experiment's scenario (``conf/scenario``)
+and a client's own ``fedunlearn forget`` command. Either way the id is a random
+128-bit :func:`new_request_id` made where the request is made, so nobody can
+compute (and so pre-empt or cancel) someone else's request id. The ledger
+recognises a re-submitted scenario request by its :meth:`ForgetRequest.content`.
+
+Every integer is bounded to SQLite's signed 64-bit range, so no request can
+overflow the ledger or numpy.
 
 Anything malformed or impossible raises :class:`RequestRefused` with a one-line
 reason, which the server records in its ledger and reports back.
@@ -17,26 +21,19 @@ reason, which the server records in its ledger and reports back.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from numbers import Integral, Real
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
-from fedunlearn.data.forget import (
-    KINDS,
-    ForgetSet,
-    _check_client,
-    class_wise,
-    client_wise,
-    instance_wise,
-)
+if TYPE_CHECKING:  # the data layer imports torch: keep `fedunlearn forget` light
+    from fedunlearn.data.forget import ForgetSet
 
 __all__ = [
     "CONTENT_FIELDS",
@@ -46,18 +43,19 @@ __all__ = [
     "RequestRefused",
     "materialize",
     "new_request_id",
-    "request_id_for",
     "scenario_request",
 ]
 
+# The request kinds; fedunlearn.data.forget.KINDS is the same tuple (checked by a test),
+# kept here too so that parsing a request never imports the data layer (and torch).
+KINDS: tuple[str, ...] = ("client", "class", "instance", "backdoor")
+# Every integer of a request fits SQLite's INTEGER and numpy's int64.
+INT_MAX = 2**63 - 1
 ORIGINS: tuple[str, ...] = ("scenario", "client")
-# The fields that say what is forgotten; request_id_for hashes exactly these.
+# The fields that say what is forgotten; two requests with equal content forget the same.
 CONTENT_FIELDS: tuple[str, ...] = ("kind", "client", "cls", "ids", "fraction", "clients", "seed")
 # Fields a serialized request must carry; the others default as in ForgetRequest.
 _REQUIRED_JSON: tuple[str, ...] = ("request_id", "kind", "client", "created", "origin")
-# Hex digits of a scenario request id: 64 bits, ample for the handful of
-# scenario requests a ledger ever holds.
-_ID_HEX = 16
 
 
 class RequestRefused(ValueError):
@@ -69,17 +67,24 @@ def _now() -> str:
 
 
 def new_request_id() -> str:
-    """A fresh random id for a client-made request (uuid4, 32 hex digits)."""
+    """A fresh random request id (uuid4: 122 random bits, 32 hex digits)."""
     return uuid.uuid4().hex
 
 
 def _int(name: str, value: object, *, minimum: int | None = 0) -> int:
     # bool is an Integral too, but True as a client id is a type error, not client 1.
     if isinstance(value, bool) or not isinstance(value, Integral):
-        raise RequestRefused(f"{name} must be an integer, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise RequestRefused(f"{name} must be >= {minimum}, got {value}")
+        raise RequestRefused(f"{name} must be an integer, got {_short(value)}")
+    low = -INT_MAX - 1 if minimum is None else minimum
+    if not low <= value <= INT_MAX:
+        raise RequestRefused(f"{name} must be in [{low}, 2^63 - 1], got {_short(value)}")
     return int(value)
+
+
+def _short(value: object, limit: int = 40) -> str:
+    """``repr`` cut to ``limit`` characters: a refusal names a value, it does not echo it."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _int_tuple(name: str, value: object) -> tuple[int, ...] | None:
@@ -87,7 +92,7 @@ def _int_tuple(name: str, value: object) -> tuple[int, ...] | None:
     if value is None:
         return None
     if isinstance(value, str | bytes) or not isinstance(value, Sequence | np.ndarray):
-        raise RequestRefused(f"{name} must be a list of integers, got {value!r}")
+        raise RequestRefused(f"{name} must be a list of integers, got {_short(value)}")
     items = sorted({_int(f"{name} entry", item) for item in value})
     if not items:
         raise RequestRefused(f"{name} is empty; give at least one")
@@ -98,8 +103,12 @@ def _fraction(value: object) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, Real):
-        raise RequestRefused(f"fraction must be a number, got {value!r}")
-    if not 0.0 < float(value) <= 1.0:
+        raise RequestRefused(f"fraction must be a number, got {_short(value)}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        raise RequestRefused(f"fraction must be in (0, 1], got {_short(value)}") from None
+    if not 0.0 < number <= 1.0:
         raise RequestRefused(f"fraction must be in (0, 1], got {value}")
     return float(value)
 
@@ -147,8 +156,7 @@ class ForgetRequest:
     Attributes
     ----------
     request_id : str
-        Unique id: :func:`request_id_for` the content (scenario requests) or
-        :func:`new_request_id` (client-made ones).
+        Unique random id (:func:`new_request_id`), at most 64 characters.
     kind : str
         One of :data:`KINDS`.
     client : int
@@ -181,18 +189,23 @@ class ForgetRequest:
     origin: str = "scenario"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.request_id, str) or not self.request_id.strip():
-            raise RequestRefused(f"request_id must be a non-empty string, got {self.request_id!r}")
+        if (not isinstance(self.request_id, str) or not self.request_id.strip()
+                or len(self.request_id) > 64 or not self.request_id.isprintable()):
+            raise RequestRefused(f"request_id must be a printable string of 1 to 64 "
+                                 f"characters, got {_short(self.request_id)}")
         if self.kind not in KINDS:
-            raise RequestRefused(f"unknown request kind {self.kind!r}; known: {', '.join(KINDS)}")
+            raise RequestRefused(f"unknown request kind {_short(self.kind)}; "
+                                 f"known: {', '.join(KINDS)}")
         if self.origin not in ORIGINS:
-            raise RequestRefused(f"unknown origin {self.origin!r}; known: {', '.join(ORIGINS)}")
+            raise RequestRefused(f"unknown origin {_short(self.origin)}; "
+                                 f"known: {', '.join(ORIGINS)}")
         if not isinstance(self.created, str):
-            raise RequestRefused(f"created must be an ISO time string, got {self.created!r}")
+            raise RequestRefused(f"created must be an ISO time string, got "
+                                 f"{_short(self.created)}")
         try:
             datetime.fromisoformat(self.created)
         except ValueError:
-            raise RequestRefused(f"created is not an ISO time: {self.created!r}") from None
+            raise RequestRefused(f"created is not an ISO time: {_short(self.created)}") from None
         # Frozen: normalized values go in through object.__setattr__.
         normalized = {
             "client": _int("client", self.client),
@@ -234,16 +247,18 @@ class ForgetRequest:
         """
         try:
             data = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise RequestRefused(f"request is not valid JSON: {exc}") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            # ValueError covers Python's limit on digits of a JSON integer too.
+            raise RequestRefused(f"request is not valid JSON: {_short(str(exc), 80)}") from None
         if not isinstance(data, dict):
             raise RequestRefused(f"request must be a JSON object, got {type(data).__name__}")
         missing = [name for name in _REQUIRED_JSON if name not in data]
         if missing:
             raise RequestRefused(f"request lacks field(s): {', '.join(missing)}")
         unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise RequestRefused(f"request has unknown field(s): {', '.join(unknown)}")
+        if unknown:  # names cut: a hostile body may carry thousands
+            names = ", ".join(unknown)
+            raise RequestRefused(f"request has unknown field(s): {names[:80]}")
         return cls(**data)
 
 
@@ -251,33 +266,11 @@ def _jsonable(value: object) -> object:
     return list(value) if isinstance(value, tuple) else value
 
 
-def request_id_for(content: Mapping[str, Any]) -> str:
-    """Deterministic id of a request's content, so that re-submitting it is idempotent.
-
-    The content is validated and normalized as a :class:`ForgetRequest` first,
-    so ``ids=[3, 1]`` and ``ids=[1, 3, 3]`` get the same id, and an absent
-    optional field equals an explicit ``None``.
-
-    Parameters
-    ----------
-    content : mapping
-        Some of :data:`CONTENT_FIELDS` (``kind`` and ``client`` at least).
-
-    Returns
-    -------
-    str
-        The first 16 hex digits of the SHA-256 of the canonical JSON content.
-
-    Raises
-    ------
-    RequestRefused
-        Unknown fields, or content that is not a valid request.
-    """
-    return _scenario(content).request_id
-
-
 def scenario_request(content: Mapping[str, Any], created: str | None = None) -> ForgetRequest:
-    """A request of the experiment's scenario, with its id :func:`request_id_for` its content.
+    """A request of the experiment's scenario, with a fresh random id.
+
+    The ledger recognises a scenario request it already holds by its content
+    (:meth:`ForgetRequest.content`), so a restarted server does not add it twice.
 
     Parameters
     ----------
@@ -285,24 +278,17 @@ def scenario_request(content: Mapping[str, Any], created: str | None = None) -> 
         Some of :data:`CONTENT_FIELDS`, e.g. ``cfg.scenario.request`` as a dict.
     created : str, optional
         ISO time; default now.
+
+    Raises
+    ------
+    RequestRefused
+        Unknown fields, or content that is not a valid request.
     """
-    request = _scenario(content)
-    return request if created is None else _with(request, created=created)
-
-
-def _scenario(content: Mapping[str, Any]) -> ForgetRequest:
     unknown = sorted(set(content) - set(CONTENT_FIELDS))
     if unknown:
         raise RequestRefused(f"request content has unknown field(s): {', '.join(unknown)}")
-    # Validate and normalize with a placeholder id, then hash the normalized content.
-    draft = ForgetRequest(request_id="pending", origin="scenario", **dict(content))
-    canonical = json.dumps(draft.content(), sort_keys=True, separators=(",", ":"))
-    digest = hashlib.sha256(canonical.encode()).hexdigest()[:_ID_HEX]
-    return _with(draft, request_id=digest)
-
-
-def _with(request: ForgetRequest, **changes: Any) -> ForgetRequest:
-    return ForgetRequest(**{**asdict(request), **changes})
+    extra = {} if created is None else {"created": created}
+    return ForgetRequest(request_id=new_request_id(), origin="scenario", **dict(content), **extra)
 
 
 def _not_held(ids: npt.ArrayLike, held: np.ndarray, client: int) -> None:
@@ -358,7 +344,7 @@ def materialize(
         return _materialize(request, partitions, np.asarray(labels), poisoned)
     except RequestRefused:
         raise
-    except ValueError as exc:  # the builders' refusals, already one line each
+    except (ValueError, IndexError, OverflowError) as exc:  # the builders' refusals
         raise RequestRefused(str(exc).splitlines()[0]) from exc
 
 
@@ -368,6 +354,14 @@ def _materialize(
     labels: np.ndarray,
     poisoned: Mapping[int, np.ndarray],
 ) -> ForgetSet:
+    from fedunlearn.data.forget import (
+        ForgetSet,
+        _check_client,
+        class_wise,
+        client_wise,
+        instance_wise,
+    )
+
     client = request.client
     _check_client(partitions, client)
     if request.kind == "client":

@@ -13,8 +13,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedunlearn.evaluation import write_report
 from fedunlearn.ledger import Ledger
+from server.intake import take_requests
 from server.training import TrainOutcome
-from server.unlearning import answer_requests, take_requests
+from server.unlearning import answer_requests
 
 LOG = logging.getLogger("fedunlearn")
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 from omegaconf import DictConfig, OmegaConf
 
@@ -28,11 +28,12 @@ from fedunlearn.data import ForgetSet, add_trigger, trigger_value
 from fedunlearn.evaluation import add_ratios, evaluate_unlearning
 from fedunlearn.federation import Federation
 from fedunlearn.ledger import Ledger, digest
-from fedunlearn.requests import ForgetRequest, RequestRefused, materialize, scenario_request
+from fedunlearn.requests import ForgetRequest, RequestRefused, materialize
 from fedunlearn.training import evaluate
 from fedunlearn.unlearning.tis import reset_fraction
 from server.central import CentralEvaluator
 from server.curvature import Curvature, query_curvature
+from server.intake import notify_deleted
 from server.methods import MethodSpec, make_strategy, method_specs
 from server.rounds import RoundRecord, run_rounds
 from server.training import TrainOutcome
@@ -40,97 +41,6 @@ from strategies import RESET_METHODS, TargetedReset, Targets
 
 LOG = logging.getLogger("fedunlearn")
 StateDict = dict[str, torch.Tensor]
-
-
-def scheduled_request(cfg: DictConfig) -> ForgetRequest | None:
-    """The request the scenario schedules after training (or ``None``).
-
-    Its id is a digest of its content, so a restarted server does not add it twice.
-    """
-    spec = cfg.scenario.request
-    if spec is None:
-        return None
-    content = OmegaConf.to_container(spec, resolve=True)
-    assert isinstance(content, dict)
-    return scenario_request({"seed": int(cfg.seed), **content})
-
-
-def poll_requests(
-    grid: Grid, nodes: dict[int, int], timeout: float, ack: dict[int, list[str]] | None = None
-) -> list[tuple[int, str]]:
-    """Ask every node for the requests its users recorded (``query.requests``).
-
-    Parameters
-    ----------
-    ack : dict of partition id to request ids, optional
-        Requests the ledger has recorded durably; their nodes mark them sent.
-
-    Returns
-    -------
-    list of (partition id, request JSON)
-    """
-    by_node = {node: pid for pid, node in nodes.items()}
-    messages = []
-    for pid, node in nodes.items():
-        ids = (ack or {}).get(pid, [])
-        content = RecordDict({"ack": ConfigRecord({str(i): rid for i, rid in enumerate(ids)})})
-        messages.append(Message(content, message_type="query.requests", dst_node_id=node))
-    found = []
-    for reply in grid.send_and_receive(messages, timeout=timeout):
-        node = reply.metadata.src_node_id
-        if reply.has_error():
-            LOG.warning("node %d did not answer the request poll: %s", node, reply.error.reason)
-            continue
-        record = reply.content.config_records.get("requests", ConfigRecord())
-        found.extend((by_node[node], str(body)) for body in record.values())
-    return found
-
-
-def take_requests(grid: Grid, cfg: DictConfig, nodes: dict[int, int], ledger: Ledger) -> None:
-    """Record the scenario's request and the nodes' requests in the ledger.
-
-    Recording is idempotent (by request id), so a request re-sent after a restart
-    is neither lost nor duplicated. Malformed ones are refused with their reason.
-    """
-    request = scheduled_request(cfg)
-    if request is not None and ledger.record(request):
-        LOG.info("request %s received: %s-wise from client %d (scenario)",
-                 request.request_id, request.kind, request.client)
-    timeout = float(cfg.train.round_timeout)
-    recorded: dict[int, list[str]] = {}
-    for pid, body in poll_requests(grid, nodes, timeout):
-        try:
-            # Whatever the body says, a polled request comes from a client: re-validating
-            # it as such refuses federation-wide forms only a scenario may use.
-            request = replace(ForgetRequest.from_json(body), origin="client")
-        except RequestRefused as exc:
-            LOG.warning("refused a malformed request from client %d: %s", pid, exc)
-            continue
-        if request.client != pid:
-            ledger.refuse(request, f"client {pid} sent a request in the name of client "
-                                   f"{request.client}")
-        elif ledger.record(request):
-            LOG.info("request %s received: %s-wise from client %d",
-                     request.request_id, request.kind, pid)
-        recorded.setdefault(pid, []).append(request.request_id)
-    if recorded:
-        poll_requests(grid, {pid: nodes[pid] for pid in recorded}, timeout, ack=recorded)
-
-
-def notify_deleted(grid: Grid, nodes: list[int], request: ForgetRequest,
-                   timeout: float) -> None:
-    """Tell the nodes holding forget data that the request is answered: they may delete it.
-
-    From then on those nodes refuse curvature queries for this request, so a request
-    replayed against deleted data fails cleanly instead of using stale statistics.
-    """
-    config = ConfigRecord({"request": request.to_json()})
-    messages = [Message(RecordDict({"config": config}), message_type="query.delete",
-                        dst_node_id=node) for node in nodes]
-    for reply in grid.send_and_receive(messages, timeout=timeout):
-        if reply.has_error():
-            LOG.warning("node %d did not confirm the deletion: %s",
-                        reply.metadata.src_node_id, reply.error.reason)
 
 
 @dataclass
@@ -298,9 +208,10 @@ def answer_requests(grid: Grid, cfg: DictConfig, outcome: TrainOutcome, out_dir:
         request = entry.request
         try:
             forget = materialize(request, federation.train_ids, labels, federation.poisoned)
-        except RequestRefused as exc:
-            ledger.fail(request.request_id, str(exc))
-            LOG.warning("request %s refused: %s", request.request_id, exc)
+        except Exception as exc:  # any request the data cannot serve is refused, not fatal
+            reason = str(exc) if isinstance(exc, RequestRefused) else f"{type(exc).__name__}: {exc}"
+            ledger.fail(request.request_id, reason.splitlines()[0])
+            LOG.warning("request %s refused: %s", request.request_id, reason.splitlines()[0])
             continue
         ledger.start(request.request_id)
         try:
@@ -334,7 +245,9 @@ def _answer(grid: Grid, cfg: DictConfig, outcome: TrainOutcome, out_dir: Path, l
     before = evaluator(outcome.checkpoint.final)
     LOG.info("request %s: %d forget samples on clients %s; before: %s", request.request_id,
              len(forget.all_ids), list(forget.clients), _fmt(before))
-    scenario = str(cfg.scenario.name)
+    # A node's own request is reported under its kind, never averaged into the scenario's.
+    scenario = (str(cfg.scenario.name) if request.origin == "scenario"
+                else f"{request.kind} (client request)")
     base = {"scenario": scenario, "seed": int(cfg.seed), "request": request.request_id}
     rows = [{**base, "method": "Original", **before, "bytes": 0, "flops": 0, "seconds": 0.0,
              "rounds": 0}]

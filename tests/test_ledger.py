@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedunlearn.ledger import STATES, Ledger, LedgerError, digest
+from fedunlearn.ledger import STATES, Ledger, LedgerError, RequestConflict, digest
 from fedunlearn.requests import ForgetRequest
 
 
@@ -55,13 +55,89 @@ def test_happy_path(ledger: Ledger) -> None:
 
 
 def test_record_is_idempotent(ledger: Ledger) -> None:
-    assert ledger.record(_req("a"))
+    assert ledger.record(_req("a"), "client:0")
     ledger.start("a")
-    # The same id again (even with other content) neither duplicates nor resets it.
-    assert not ledger.record(_req("a", client=5))
+    # The same request again neither duplicates nor resets it.
+    assert not ledger.record(_req("a"), "client:0")
     entry = ledger.get("a")
-    assert (entry.state, entry.attempts, entry.request.client) == ("running", 1, 0)
+    assert (entry.state, entry.attempts, entry.sender) == ("running", 1, "client:0")
     assert len(ledger.all()) == 1
+
+
+def test_a_forged_duplicate_never_changes_the_genuine_request(ledger: Ledger) -> None:
+    genuine = ForgetRequest(request_id="a", kind="instance", client=0, ids=(1, 2))
+    assert ledger.record(genuine, "client:0")
+    # Another sender, or other content under the same id: refused, nothing changes.
+    with pytest.raises(RequestConflict, match="'a' is already recorded from client:0"):
+        ledger.record(genuine, "client:1")
+    forged = ForgetRequest(request_id="a", kind="instance", client=0, ids=(1,))
+    with pytest.raises(RequestConflict, match="'a' is already recorded with other content"):
+        ledger.record(forged, "client:0")
+    entry = ledger.get("a")
+    assert (entry.request, entry.state, entry.sender) == (genuine, "received", "client:0")
+    # The refused submission is kept as a row of its own.
+    ledger.reject(forged.to_json(), "client:1", "request id 'a' is already recorded", "a")
+    (rejection,) = ledger.rejections()
+    assert (rejection.request_id, rejection.sender, rejection.body) == (
+        "a", "client:1", forged.to_json())
+    assert ledger.get("a").state == "received" and len(ledger.all()) == 1
+
+
+def test_find_by_content_and_sender(ledger: Ledger) -> None:
+    first = ForgetRequest(request_id="a", kind="class", client=0, cls=3)
+    ledger.record(first, "scenario")
+    again = ForgetRequest(request_id="b", kind="class", client=0, cls=3)
+    assert ledger.find(again, "scenario").request == first
+    assert ledger.find(again, "client:0") is None
+    assert ledger.find(ForgetRequest(request_id="c", kind="class", client=0, cls=4),
+                       "scenario") is None
+
+
+def test_reject_keeps_hostile_bodies(ledger: Ledger) -> None:
+    ledger.reject("x" * 100_000, "client:3", "not JSON\nsecond line")
+    ledger.reject("\ud800 broken", "client:3", "bad unicode", request_id="\ud800" * 100)
+    first, second = ledger.rejections()
+    assert len(first.body) == 4096 and first.reason == "not JSON"
+    assert second.body.endswith(" broken") and len(second.request_id) <= 64
+    assert ledger.all() == []
+
+
+def test_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    old = os.umask(0)
+    try:
+        path = tmp_path / "new" / "deeper" / "ledger.sqlite"
+        with Ledger(path) as led:
+            led.record(_req("a"))
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in path.parent.iterdir()}
+        assert modes and all(mode == 0o600 for mode in modes.values()), modes
+        for folder in (path.parent, path.parent.parent):
+            assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    finally:
+        os.umask(old)
+
+
+def test_an_earlier_ledger_file_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        CREATE TABLE requests (id TEXT PRIMARY KEY, kind TEXT NOT NULL, client INTEGER NOT NULL,
+            body TEXT NOT NULL, state TEXT NOT NULL, reason TEXT, created TEXT NOT NULL,
+            updated TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0);
+        CREATE TABLE receipts (request_id TEXT NOT NULL, method TEXT NOT NULL,
+            body TEXT NOT NULL, created TEXT NOT NULL, PRIMARY KEY (request_id, method));
+    """)
+    old = _req("old", client=2)
+    conn.execute("INSERT INTO requests VALUES ('old', 'client', 2, ?, 'done', NULL, 't', 't', 1)",
+                 (old.to_json(),))
+    conn.commit()
+    conn.close()
+    with Ledger(path) as ledger:
+        entry = ledger.get("old")
+        assert (entry.request, entry.state, entry.sender) == (old, "done", "unknown")
+        assert ledger.find(_req("new", client=2), "unknown").request == old
 
 
 def test_running_is_resumed_with_more_attempts(ledger: Ledger) -> None:
@@ -104,7 +180,6 @@ def test_unknown_ids(ledger: Ledger) -> None:
         lambda: ledger.start("nope"),
         lambda: ledger.finish("nope"),
         lambda: ledger.fail("nope", "x"),
-        lambda: ledger.refuse("nope", "x"),
         lambda: ledger.add_receipt("nope", "NoT", {}),
         lambda: ledger.receipts("nope"),
     ):
@@ -112,27 +187,15 @@ def test_unknown_ids(ledger: Ledger) -> None:
             call()
 
 
-def test_fail_and_refuse(ledger: Ledger) -> None:
+def test_fail(ledger: Ledger) -> None:
     ledger.record(_req("a"))
     ledger.start("a")
     ledger.fail("a", "out of memory\ntraceback...")
     entry = ledger.get("a")
     assert (entry.state, entry.reason) == ("failed", "out of memory")
-    # refuse records a new request and fails it at once.
-    assert ledger.refuse(_req("b"), "client 9 does not exist") is None
+    ledger.record(_req("b"))
+    ledger.fail("b", "client 9 does not exist")  # from received
     assert (ledger.get("b").state, ledger.get("b").reason) == ("failed", "client 9 does not exist")
-    # Refusing again keeps the first reason; by id works for recorded requests.
-    ledger.refuse(_req("b"), "other")
-    ledger.refuse("b", "other")
-    assert ledger.get("b").reason == "client 9 does not exist"
-    ledger.record(_req("c"))
-    ledger.refuse("c", "bad")
-    assert ledger.get("c").state == "failed"
-    ledger.record(_req("d"))
-    ledger.start("d")
-    ledger.finish("d")
-    with pytest.raises(LedgerError, match="cannot fail request 'd': it is done"):
-        ledger.refuse(_req("d"), "too late")
     assert ledger.pending() == []
 
 
@@ -188,7 +251,8 @@ def test_survives_a_crashed_writer(tmp_path: Path) -> None:
             ("run-1", "running", 1)
         ]
         assert ledger.get("run-1").request.cls == 3
-        assert not ledger.record(_req("done-1")) and not ledger.record(_req("run-1"))
+        assert not ledger.record(_req("done-1"))
+        assert not ledger.record(ForgetRequest(request_id="run-1", kind="class", client=1, cls=3))
         assert len(ledger.all()) == 2
         ledger.start("run-1")
         ledger.finish("run-1")

@@ -96,7 +96,7 @@ def test_forget_command_adds_a_client_request(tmp_path: Path, capsys) -> None:
         (["--kind", "client"], "required: --client"),
         (["--client", "1", "--kind", "all"], "argument --kind: invalid choice: 'all'"),
         (["--client", "x", "--kind", "client"], "argument --client: invalid int value: 'x'"),
-        (["--client", "-1", "--kind", "client"], "client must be >= 0, got -1"),
+        (["--client", "-1", "--kind", "client"], "client must be in [0, 2^63 - 1], got -1"),
         (["--client", "1", "--kind", "class"], "a class request needs a class"),
         (["--client", "1", "--kind", "client", "--class", "2"], "a client request takes no class"),
         (["--client", "1", "--kind", "backdoor", "--ids", "1"], "a backdoor request takes no ids"),
@@ -106,8 +106,14 @@ def test_forget_command_adds_a_client_request(tmp_path: Path, capsys) -> None:
             "needs either ids or a fraction, not both or neither",
         ),
         (["--client", "1", "--kind", "instance", "--ids", "1,b"], "comma-separated sample ids"),
-        (["--client", "1", "--kind", "instance", "--ids=-1,2"], "ids entry must be >= 0, got -1"),
+        (["--client", "1", "--kind", "instance", "--ids=-1,2"],
+         "ids entry must be in [0, 2^63 - 1], got -1"),
         (["--client", "1", "--kind", "instance", "--ids", ","], "ids is empty"),
+        (["--client", "1", "--kind", "instance", "--ids", "99999999999999999999999"],
+         "ids entry must be in [0, 2^63 - 1], got 99999999999999999999999"),
+        (["--client", "99999999999999999999999", "--kind", "client"],
+         "client must be in [0, 2^63 - 1]"),
+        (["--kind", "client"] + ["--cancel"], "expected one argument"),
         (
             ["--client", "1", "--kind", "instance", "--fraction", "1.5"],
             "fraction must be in (0, 1], got 1.5",
@@ -142,3 +148,45 @@ def test_forget_command_unusable_outbox(tmp_path: Path, capsys) -> None:
 def test_forget_command_help(capsys) -> None:
     assert forget_command(["--help"]) == 0
     assert "usage: fedunlearn forget" in capsys.readouterr().out
+
+
+def test_cancel_removes_an_unsent_request(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "outbox.sqlite"
+    assert forget_command(["--outbox", str(path), "--client", "1", "--kind", "client"]) == 0
+    first = capsys.readouterr().out.strip()
+    assert forget_command(["--outbox", str(path), "--client", "1", "--kind", "class",
+                           "--class", "3"]) == 0
+    second = capsys.readouterr().out.strip()
+    assert forget_command(["--outbox", str(path), "--cancel", first]) == 0
+    assert capsys.readouterr().out.strip() == f"cancelled {first}"
+    with Outbox(path) as box:
+        assert [r.request_id for r in box.unsent()] == [second]
+        box.mark_sent([second])
+    # Unknown, already cancelled, or already sent: one line, exit 2, nothing changes.
+    for request_id, message in ((first, "unknown request id"), ("nope", "unknown request id"),
+                                (second, "was already sent")):
+        assert forget_command(["--outbox", str(path), "--cancel", request_id]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    with Outbox(path) as box:
+        assert [e.request.request_id for e in box.all()] == [second]
+
+
+def test_the_outbox_knows_whose_it_is(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "outbox.sqlite"
+    with Outbox(path) as box:
+        assert box.partition() is None
+        box.claim(2)  # what the ClientApp does on every poll
+        assert box.partition() == 2
+    assert forget_command(["--outbox", str(path), "--client", "3", "--kind", "client"]) == 2
+    assert "this outbox belongs to client 2, not client 3" in capsys.readouterr().err
+    assert forget_command(["--outbox", str(path), "--client", "2", "--kind", "client"]) == 0
+
+
+def test_forget_does_not_import_torch(tmp_path: Path) -> None:
+    # Writing one row must not cost torch's import (seconds, hundreds of MB).
+    code = ("import sys; from fedunlearn.cli import main; "
+            f"rc = main(['forget', '--outbox', {str(tmp_path / 'o.sqlite')!r}, '--client', '0', "
+            "'--kind', 'client']); sys.exit(10 if 'torch' in sys.modules else rc)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

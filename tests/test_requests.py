@@ -14,7 +14,6 @@ from fedunlearn.requests import (
     RequestRefused,
     materialize,
     new_request_id,
-    request_id_for,
     scenario_request,
 )
 
@@ -89,10 +88,10 @@ _DROP = object()
         (_json_with(kind="everything"), "unknown request kind 'everything'; known: client, "),
         (_json_with(client="0"), "client must be an integer, got '0'"),
         (_json_with(client=True), "client must be an integer, got True"),
-        (_json_with(client=-1), "client must be >= 0, got -1"),
+        (_json_with(client=-1), "client must be in [0, 2^63 - 1], got -1"),
         (_json_with(ids=["a"]), "ids entry must be an integer, got 'a'"),
         (_json_with(ids=3), "ids must be a list of integers, got 3"),
-        (_json_with(ids=[1, -2]), "ids entry must be >= 0, got -2"),
+        (_json_with(ids=[1, -2]), "ids entry must be in [0, 2^63 - 1], got -2"),
         (_json_with(ids=[]), "ids is empty"),
         (_json_with(ids=None, fraction="0.5"), "fraction must be a number, got '0.5'"),
         (_json_with(ids=None, fraction=0), "fraction must be in (0, 1], got 0"),
@@ -100,7 +99,7 @@ _DROP = object()
         (_json_with(seed=1.5), "seed must be an integer, got 1.5"),
         (_json_with(origin="server"), "unknown origin 'server'"),
         (_json_with(created="yesterday"), "created is not an ISO time: 'yesterday'"),
-        (_json_with(request_id=""), "request_id must be a non-empty string"),
+        (_json_with(request_id=""), "request_id must be a printable string"),
         (_json_with(extra=1), "request has unknown field(s): extra"),
         (_json_with(kind=_DROP, created=_DROP), "request lacks field(s): kind, created"),
     ],
@@ -144,34 +143,69 @@ def test_a_client_instance_request_on_its_own_samples_is_fine() -> None:
     assert request.clients == (0,)
 
 
-def test_request_id_for_is_deterministic_and_canonical() -> None:
-    content = {"kind": "instance", "client": 1, "ids": [3, 1, 3]}
-    first = request_id_for(content)
-    assert len(first) == 16 and int(first, 16) >= 0
-    assert request_id_for(content) == first
+def test_content_is_canonical() -> None:
     # Order, duplicates and explicit defaults do not change what is forgotten.
-    assert request_id_for({"kind": "instance", "client": 1, "ids": [1, 3], "cls": None}) == first
-    assert request_id_for({"kind": "instance", "client": 1, "ids": [1, 3], "seed": 0}) == first
-    assert request_id_for({"kind": "instance", "client": 1, "ids": [1, 4]}) != first
-    assert request_id_for({"kind": "instance", "client": 2, "ids": [1, 3]}) != first
+    first = scenario_request({"kind": "instance", "client": 1, "ids": [3, 1, 3]})
+    same = scenario_request({"kind": "instance", "client": 1, "ids": [1, 3], "cls": None,
+                             "seed": 0})
+    assert first.content() == same.content()
+    assert scenario_request({"kind": "instance", "client": 1, "ids": [1, 4]}).content() != \
+        first.content()
     with pytest.raises(RequestRefused, match="unknown field"):
-        request_id_for({"kind": "client", "client": 0, "target": 3})
+        scenario_request({"kind": "client", "client": 0, "target": 3})
     with pytest.raises(RequestRefused, match="a class request needs a class"):
-        request_id_for({"kind": "class", "client": 0})
+        scenario_request({"kind": "class", "client": 0})
 
 
-def test_scenario_request_uses_the_content_id() -> None:
+def test_scenario_request_ids_are_random() -> None:
+    # A content hash would let anyone compute (and pre-empt) the scenario's request id.
     content = {"kind": "class", "client": 0, "cls": 2, "fraction": None, "clients": None}
     request = scenario_request(content, created=CREATED)
-    assert request.request_id == request_id_for(content)
     assert request.origin == "scenario" and request.created == CREATED
     assert request.content() == {
         "kind": "class", "client": 0, "cls": 2, "ids": None, "fraction": None,
         "clients": None, "seed": 0,
     }
     assert tuple(request.content()) == CONTENT_FIELDS
-    # Re-made later: a different time, the same id.
-    assert scenario_request(content).request_id == request.request_id
+    again = scenario_request(content, created=CREATED)
+    assert again.request_id != request.request_id and again.content() == request.content()
+    assert len(request.request_id) == 32
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"kind": "instance", "ids": [10**23]}, r"ids entry must be in \[0, 2\^63 - 1\]"),
+        ({"kind": "client", "client": 10**23}, r"client must be in \[0, 2\^63 - 1\]"),
+        ({"kind": "class", "cls": 2**63}, r"class must be in \[0, 2\^63 - 1\]"),
+        ({"kind": "client", "seed": -(2**63) - 1}, "seed must be in"),
+        ({"kind": "instance", "fraction": 10**400}, r"fraction must be in \(0, 1\]"),
+        ({"kind": "client", "request_id": "x" * 65}, "request_id must be a printable string"),
+        ({"kind": "client", "request_id": "a\nb"}, "request_id must be a printable string"),
+    ],
+)
+def test_numbers_are_bounded(fields: dict, message: str) -> None:
+    # Every integer fits SQLite's INTEGER: an overflow can crash neither numpy nor the ledger.
+    with pytest.raises(RequestRefused, match=message) as info:
+        _request(**fields)
+    assert len(str(info.value)) < 200 and "\n" not in str(info.value)
+
+
+def test_from_json_refuses_huge_numbers_in_one_line() -> None:
+    body = '{"request_id": "r", "kind": "instance", "client": 1, "created": "%s", ' \
+           '"origin": "client", "ids": [%s]}' % (CREATED, "9" * 5000)
+    with pytest.raises(RequestRefused, match="not valid JSON") as info:
+        ForgetRequest.from_json(body)
+    assert len(str(info.value)) < 200
+
+
+def test_parsing_a_request_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, fedunlearn.requests, fedunlearn.outbox; "
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 def test_new_request_ids_are_random_hex() -> None:
@@ -265,4 +299,6 @@ def test_backdoor_refusals() -> None:
 
 
 def test_kinds_are_the_forget_kinds() -> None:
-    assert KINDS == ("client", "class", "instance", "backdoor")
+    from fedunlearn.data import KINDS as FORGET_KINDS
+
+    assert KINDS == FORGET_KINDS == ("client", "class", "instance", "backdoor")

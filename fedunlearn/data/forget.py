@@ -16,8 +16,8 @@ import numpy.typing as npt
 import torch
 
 from fedunlearn.data.images import ImageData
+from fedunlearn.requests import KINDS  # one list of kinds; requests.py stays torch-free
 
-KINDS: tuple[str, ...] = ("client", "class", "instance", "backdoor")
 CORNERS: tuple[str, ...] = ("top_left", "top_right", "bottom_left", "bottom_right")
 
 
