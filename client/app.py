@@ -20,7 +20,11 @@ app = ClientApp()
 
 @app.query("nodeinfo")
 def nodeinfo(msg: Message, context: Context) -> Message:
-    """Tell the server which partition this node holds and where it computes."""
+    """Tell the server which partition this node holds, how many training samples it
+    has (when the query carries the run's config) and where it computes.
+
+    The server refuses any later reply that claims more examples than this.
+    """
     info = ConfigRecord(
         {
             "partition-id": partition_id(context),
@@ -28,6 +32,9 @@ def nodeinfo(msg: Message, context: Context) -> Message:
             "device": str(pick_device("auto")),
         }
     )
+    if "config" in msg.content.config_records:
+        view = node_view(msg, context)
+        info["num-train-examples"] = len(view.federation.train_ids[view.partition_id])
     return Message(RecordDict({"info": info}), reply_to=msg)
 
 

@@ -7,23 +7,31 @@ converged model is reloaded instead of retrained while its config is unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 StateDict = dict[str, torch.Tensor]
+LOG = logging.getLogger("fedunlearn")
 
 
 @dataclass
 class Checkpoint:
-    """A trained global model and how it came to be."""
+    """A trained global model and how it came to be.
+
+    ``refused`` lists the client replies training refused (round, node, reason):
+    a model trained next to a misbehaving node is kept for inspection but never
+    reused as if it were clean.
+    """
 
     fingerprint: str
     initial: StateDict
     final: StateDict
     history: list[dict]
     config: dict
+    refused: list[dict] = field(default_factory=list)
 
     def save(self, path: Path) -> None:
         """Write the checkpoint atomically (a crash never leaves half a file)."""
@@ -44,9 +52,16 @@ def cache_path(cache_dir: str | Path, fingerprint: str) -> Path:
 
 
 def cached(cache_dir: str | Path, fingerprint: str) -> Checkpoint | None:
-    """The cached checkpoint for ``fingerprint``, or ``None`` when there is none."""
+    """The cached checkpoint for ``fingerprint``, or ``None`` when there is none or it
+    came from a run that refused client replies (it is trained again then)."""
     path = cache_path(cache_dir, fingerprint)
     if not path.exists():
         return None
     ckpt = Checkpoint.load(path)
-    return ckpt if ckpt.fingerprint == fingerprint else None
+    if ckpt.fingerprint != fingerprint:
+        return None
+    if ckpt.refused:
+        LOG.warning("not reusing %s: its training refused %d client replies", path,
+                    len(ckpt.refused))
+        return None
+    return ckpt

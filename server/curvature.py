@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -20,6 +21,7 @@ from flwr.serverapp import Grid
 
 from fedunlearn.unlearning.curvature import NONNEGATIVE, resolve_estimator
 from fedunlearn.unlearning.tis import CurvatureAccumulator, CurvatureReplyError
+from strategies.replies import reply_node
 
 LOG = logging.getLogger("fedunlearn")
 StateDict = dict[str, torch.Tensor]
@@ -42,8 +44,11 @@ class Curvature:
     seconds: float = 0.0
 
 
-def fold_reply(acc: CurvatureAccumulator, reply: Message) -> None:
+def fold_reply(acc: CurvatureAccumulator, reply: Message, limit: int | None = None) -> None:
     """Add one ``query.curvature`` reply to ``acc``.
+
+    ``limit`` is the most forget plus retained samples the node may claim (its
+    training-set size): larger counts would outweigh every other client in h.
 
     Raises
     ------
@@ -61,6 +66,11 @@ def fold_reply(acc: CurvatureAccumulator, reply: Message) -> None:
     for part in ("forget", "retain"):
         record = content.array_records.get(f"h-{part}")
         parts[part] = record.to_torch_state_dict() if record is not None else None
+    if limit is not None:
+        claimed = [metrics.get(f"n-{part}", 0) for part in ("forget", "retain")]
+        if all(isinstance(c, int | float) for c in claimed) and sum(claimed) > limit:
+            raise CurvatureReplyError(f"claims {sum(claimed):.6g} samples, more than the "
+                                      f"{limit} the node holds")
     # Counts go in as sent: the accumulator refuses negative or non-integer ones.
     acc.add(parts["forget"], metrics.get("n-forget", 0),
             parts["retain"], metrics.get("n-retain", 0))
@@ -69,6 +79,7 @@ def fold_reply(acc: CurvatureAccumulator, reply: Message) -> None:
 def query_curvature(
     grid: Grid, nodes: list[int], arrays: ArrayRecord, config: ConfigRecord,
     model: torch.nn.Module, estimator: str, *, min_replies: int, timeout: float,
+    limits: Mapping[int, int] | None = None,
 ) -> Curvature:
     """Collect and aggregate curvature from ``nodes`` at the global weights ``arrays``.
 
@@ -91,6 +102,8 @@ def query_curvature(
         Fewer usable replies raise :class:`CurvatureError`.
     timeout : float
         Seconds to wait for the replies.
+    limits : mapping of int to int, optional
+        Per node id, the most samples a reply may count.
     """
     started = time.perf_counter()
     nonnegative = resolve_estimator(model, estimator) in NONNEGATIVE
@@ -100,9 +113,9 @@ def query_curvature(
     refused: list[tuple[int, str]] = []
     received = flops = 0
     for reply in grid.send_and_receive(messages, timeout=timeout):
-        node = reply.metadata.src_node_id
+        node = reply_node(reply, messages)
         try:
-            fold_reply(acc, reply)
+            fold_reply(acc, reply, (limits or {}).get(node))
             received += sum(r.count_bytes() for r in reply.content.array_records.values())
             flops += int(reply.content.metric_records["metrics"].get("flops", 0))
         except CurvatureReplyError as exc:

@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fedunlearn.models import conv_norm_pairs, default_negation_layers, resolve_layers
+from server.training import aggregator
 from strategies import (
     METHODS,
     RESET_METHODS,
@@ -77,7 +78,7 @@ def method_specs(cfg: DictConfig) -> list[MethodSpec]:
 
 def make_strategy(
     spec: MethodSpec, cfg: DictConfig, targets: Targets, model: torch.nn.Module,
-    curvature: tuple[dict, dict] | None = None,
+    curvature: tuple[dict, dict] | None = None, limits: dict[int, int] | None = None,
 ) -> UnlearningStrategy:
     """The strategy of one method run for one request.
 
@@ -85,6 +86,8 @@ def make_strategy(
     ----------
     curvature : tuple of dicts, optional
         ``(h, h')`` for the reset methods (TIS, RandomReset).
+    limits : dict of int to int, optional
+        Per node id, the most examples a reply may claim (see ``TrainOutcome.limits``).
 
     Raises
     ------
@@ -95,7 +98,8 @@ def make_strategy(
     check_methods([spec.name])
     cls = METHODS[spec.name]
     common = {"targets": targets, "settings": settings(cfg), "seed": int(cfg.seed),
-              "fraction_train": float(cfg.train.fraction_train)}
+              "fraction_train": float(cfg.train.fraction_train), "limits": limits,
+              "aggregator": aggregator(cfg)}
     if cls is NoT:
         return NoT(**common, negated=negation_layers(cfg, model))
     if spec.name in RESET_METHODS:

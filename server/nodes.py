@@ -3,60 +3,96 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
-from flwr.app import Message, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
+
+from strategies.replies import reply_node
 
 
 class FederationError(RuntimeError):
     """The connected nodes do not form the federation the config describes."""
 
 
-def wait_for_nodes(grid: Grid, count: int, timeout: float, poll: float = 0.5) -> list[int]:
-    """Block until at least ``count`` nodes are connected; return their sorted ids.
+@dataclass(frozen=True)
+class Roster:
+    """Who holds what: partition -> node id, and the training samples each node reported.
+
+    ``sizes`` lacks a partition whose node did not report its size.
+    """
+
+    nodes: dict[int, int]
+    sizes: dict[int, int]
+
+
+def discover_partitions(
+    grid: Grid, num_clients: int, timeout: float, config: ConfigRecord | None = None,
+    poll: float = 0.5,
+) -> Roster:
+    """Ask nodes for their ``partition-id`` (and training-set size) as they connect.
+
+    Waits until every partition ``0..num_clients-1`` has a node, asking each node
+    once as it appears, for at most ``timeout`` seconds.
+
+    Parameters
+    ----------
+    grid : Grid
+        Flower's grid.
+    num_clients : int
+        The partitions the config describes.
+    timeout : float
+        Seconds to wait for the whole federation (``train.node_timeout``).
+    config : ConfigRecord, optional
+        Sent with the query (the composed config, from which a node finds its data).
+    poll : float
+        Seconds between looks at the connected nodes.
 
     Raises
     ------
     FederationError
-        When fewer than ``count`` nodes connect within ``timeout`` seconds.
+        A node fails to answer, two nodes claim one partition, a node claims a
+        partition beyond ``num_clients``, or partitions still lack a node at the
+        deadline (the message names them).
     """
     deadline = time.monotonic() + timeout
-    while len(nodes := sorted(grid.get_node_ids())) < count:
+    nodes: dict[int, int] = {}
+    sizes: dict[int, int] = {}
+    asked: set[int] = set()
+    while True:
+        fresh = sorted(set(grid.get_node_ids()) - asked)
+        if fresh:
+            asked.update(fresh)
+            _ask(grid, fresh, num_clients, max(1.0, deadline - time.monotonic()), config,
+                 nodes, sizes)
+        missing = sorted(set(range(num_clients)) - set(nodes))
+        if not missing:
+            return Roster(dict(sorted(nodes.items())), sizes)
         if time.monotonic() > deadline:
             raise FederationError(
-                f"only {len(nodes)} of {count} nodes connected within {timeout:.0f} s"
-            )
+                f"no node holds partition(s) {missing} after {timeout:.0f} s "
+                f"({len(nodes)} of {num_clients} nodes reported; raise train.node_timeout "
+                "or start the missing SuperNodes)")
         time.sleep(poll)
-    return nodes
 
 
-def discover_partitions(grid: Grid, num_clients: int, timeout: float) -> dict[int, int]:
-    """Ask every node for its ``partition-id``; return ``{partition_id: node_id}``.
-
-    Raises
-    ------
-    FederationError
-        When a node fails to answer, two nodes claim one partition, or a partition
-        of ``0..num_clients-1`` has no node.
-    """
-    nodes = wait_for_nodes(grid, num_clients, timeout)
-    messages = [
-        Message(RecordDict(), message_type="query.nodeinfo", dst_node_id=node) for node in nodes
-    ]
-    mapping: dict[int, int] = {}
+def _ask(grid: Grid, fresh: list[int], num_clients: int, timeout: float,
+         config: ConfigRecord | None, nodes: dict[int, int], sizes: dict[int, int]) -> None:
+    """Query ``fresh`` nodes for their node info; fill ``nodes`` and ``sizes``."""
+    content = RecordDict({"config": config} if config is not None else {})
+    messages = [Message(content, message_type="query.nodeinfo", dst_node_id=n) for n in fresh]
     for reply in grid.send_and_receive(messages, timeout=timeout):
-        node = reply.metadata.src_node_id
+        node = reply_node(reply, messages)
         if reply.has_error():
             raise FederationError(f"node {node} did not report its partition: "
                                   f"{reply.error.reason}")
-        pid = int(reply.content.config_records["info"]["partition-id"])
-        if pid in mapping:
-            raise FederationError(f"nodes {mapping[pid]} and {node} both hold partition {pid}")
-        mapping[pid] = node
-    missing = sorted(set(range(num_clients)) - set(mapping))
-    if missing:
-        raise FederationError(f"no node holds partition(s) {missing} of {num_clients}")
-    extra = sorted(set(mapping) - set(range(num_clients)))
-    if extra:
-        raise FederationError(f"nodes hold partition(s) {extra} beyond num_clients={num_clients}")
-    return dict(sorted(mapping.items()))
+        info = reply.content.config_records["info"]
+        pid = int(info["partition-id"])
+        if pid in nodes:
+            raise FederationError(f"nodes {nodes[pid]} and {node} both hold partition {pid}")
+        if not 0 <= pid < num_clients:
+            raise FederationError(f"node {node} holds partition {pid}, beyond "
+                                  f"num_clients={num_clients}")
+        nodes[pid] = node
+        if int(info.get("num-train-examples", -1)) >= 0:
+            sizes[pid] = int(info["num-train-examples"])

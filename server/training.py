@@ -10,27 +10,34 @@ from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
-from omegaconf import DictConfig
+from flwr.serverapp.strategy import FedAvg
+from omegaconf import DictConfig, OmegaConf
 
 from client.node import PAYLOAD_KEY
 from fedunlearn.config import fingerprint, to_payload, training_view
 from fedunlearn.federation import Federation, build_federation, configured_model
 from server.central import CentralEvaluator
 from server.checkpoint import Checkpoint, cache_path, cached
-from server.nodes import discover_partitions
+from server.nodes import Roster, discover_partitions
 from server.progress import RunLog
 from server.rounds import run_rounds
 from strategies.fedavg import FederatedAveraging
+from strategies.robust import make_aggregator
 
 LOG = logging.getLogger("fedunlearn")
 
 
 @dataclass
 class TrainOutcome:
-    """The trained global model, the node map, and how it was obtained."""
+    """The trained global model, the node map, and how it was obtained.
+
+    ``limits`` maps each node id to the training samples it holds: the most
+    examples any of its replies may claim.
+    """
 
     checkpoint: Checkpoint
     nodes: dict[int, int]
+    limits: dict[int, int]
     federation: Federation
     evaluator: CentralEvaluator
     reused: bool
@@ -53,7 +60,11 @@ def train_global(grid: Grid, cfg: DictConfig, out_dir: Path) -> TrainOutcome:
     started = time.perf_counter()
     federation = build_federation(cfg)
     timeout = float(cfg.train.round_timeout)
-    nodes = discover_partitions(grid, int(cfg.num_clients), timeout)
+    payload = ConfigRecord({PAYLOAD_KEY: to_payload(cfg)})
+    roster = discover_partitions(grid, int(cfg.num_clients), float(cfg.train.node_timeout),
+                                 payload)
+    nodes = roster.nodes
+    limits = node_limits(roster, federation)
     LOG.info("federation: %d clients on nodes %s", len(nodes), list(nodes.values()))
     evaluator = CentralEvaluator(cfg, federation)
     key = fingerprint(cfg)
@@ -68,6 +79,8 @@ def train_global(grid: Grid, cfg: DictConfig, out_dir: Path) -> TrainOutcome:
             participants=list(nodes.values()),
             fraction_train=float(cfg.train.fraction_train),
             seed=int(cfg.seed),
+            limits=limits,
+            aggregator=aggregator(cfg),
         )
         run_log = RunLog(out_dir)
         final = run_rounds(
@@ -87,8 +100,13 @@ def train_global(grid: Grid, cfg: DictConfig, out_dir: Path) -> TrainOutcome:
             final=final.to_torch_state_dict(),
             history=[r.as_dict() for r in run_log.records],
             config=training_view(cfg),
+            refused=[{"round": r, "node": n, "reason": why} for r, n, why in strategy.refused],
         )
+        # Saved either way, for inspection; cached() reuses only a clean run's model.
         ckpt.save(cache_path(cfg.cache_dir, key))
+        if ckpt.refused:
+            LOG.warning("training refused %d replies: the model is not reused from the cache",
+                        len(ckpt.refused))
     ckpt.save(out_dir / "global.pt")
     accuracy = evaluator(ArrayRecord(ckpt.final))["test_accuracy"]
     seconds = time.perf_counter() - started
@@ -99,9 +117,36 @@ def train_global(grid: Grid, cfg: DictConfig, out_dir: Path) -> TrainOutcome:
         "test_accuracy": accuracy,
         "seconds": seconds,
         "nodes": {str(k): v for k, v in nodes.items()},
+        "aggregation": str(cfg.train.aggregation.name),
+        "refused": ckpt.refused,
         "history": ckpt.history,
     }
     (out_dir / "train.json").write_text(json.dumps(summary, indent=2))
     LOG.info("global model: test accuracy %.2f%% (%s, %.1f s)", 100 * accuracy,
              "reused" if reused else "trained", seconds)
-    return TrainOutcome(ckpt, nodes, federation, evaluator, reused, accuracy, seconds)
+    return TrainOutcome(ckpt, nodes, limits, federation, evaluator, reused, accuracy, seconds)
+
+
+def node_limits(roster: Roster, federation: Federation) -> dict[int, int]:
+    """Per node id, the most examples its replies may claim.
+
+    A node's reported training-set size, capped by the size its partition has in
+    the config the server built the federation from: a node that over-reports at
+    discovery gains nothing.
+    """
+    limits = {}
+    for pid, node in roster.nodes.items():
+        derived = len(federation.train_ids[pid])
+        reported = roster.sizes.get(pid, derived)
+        if reported != derived:
+            LOG.warning("node %d (partition %d) reports %d training samples; the config "
+                        "gives %d: using the smaller", node, pid, reported, derived)
+        limits[node] = min(reported, derived)
+    return limits
+
+
+def aggregator(cfg: DictConfig) -> FedAvg:
+    """The aggregation rule of ``train.aggregation`` (:func:`strategies.robust.make_aggregator`)."""
+    section = OmegaConf.to_container(cfg.train.aggregation, resolve=True)
+    assert isinstance(section, dict)
+    return make_aggregator(str(section.pop("name")), **section)

@@ -124,6 +124,7 @@ class MethodRun:
     metrics: dict[str, float]
     curve: list[dict[str, float]]
     cost: dict[str, float]
+    refused: list[dict] = field(default_factory=list)
 
 
 def run_method(grid: Grid, cfg: DictConfig, spec: MethodSpec, outcome: TrainOutcome,
@@ -135,7 +136,8 @@ def run_method(grid: Grid, cfg: DictConfig, spec: MethodSpec, outcome: TrainOutc
     """
     name = spec.label
     stats = (curvature.h, curvature.h_prime) if curvature is not None else None
-    strategy = make_strategy(spec, cfg, targets, outcome.evaluator.model, stats)
+    strategy = make_strategy(spec, cfg, targets, outcome.evaluator.model, stats,
+                             outcome.limits)
     started = time.perf_counter()
     state = strategy.perturb(outcome.checkpoint.final, outcome.checkpoint.initial)
     perturb_seconds = time.perf_counter() - started
@@ -178,7 +180,10 @@ def run_method(grid: Grid, cfg: DictConfig, spec: MethodSpec, outcome: TrainOutc
     final = arrays.to_torch_state_dict()
     metrics = records[-1].evaluation if records else {k: v for k, v in curve[0].items()
                                                       if k != "round"}
-    return MethodRun(name, final, {**metrics, **extra}, curve, cost)
+    refused = [{"round": r, "node": n, "reason": why} for r, n, why in strategy.refused]
+    if curvature is not None:
+        refused += [{"round": 0, "node": n, "reason": why} for n, why in curvature.refused]
+    return MethodRun(name, final, {**metrics, **extra}, curve, cost, refused)
 
 
 def outcome_log(record: RoundRecord) -> None:
@@ -279,6 +284,8 @@ def _answer(grid: Grid, cfg: DictConfig, outcome: TrainOutcome, out_dir: Path, l
             "metrics_before": before,
             "metrics_after": run.metrics,
             "cost": run.cost,
+            # Replies refused while answering (malformed, over-weighted, lost nodes).
+            "refused_replies": run.refused,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         ledger.add_receipt(request.request_id, name, receipt)
@@ -300,7 +307,7 @@ def _curvature(grid: Grid, cfg: DictConfig, outcome: TrainOutcome,
     curvature = query_curvature(
         grid, nodes, ArrayRecord(outcome.checkpoint.final), config, outcome.evaluator.model,
         str(tis.estimator), min_replies=int(tis.min_replies),
-        timeout=float(cfg.train.round_timeout))
+        timeout=float(cfg.train.round_timeout), limits=outcome.limits)
     LOG.info("curvature statistics from %d nodes (%d refused): %.2e bytes, %.1f s",
              curvature.replies, len(curvature.refused), curvature.bytes, curvature.seconds)
     return curvature

@@ -1,10 +1,15 @@
-"""FedAvg over an explicit set of nodes, refusing malformed replies, summing costs."""
+"""FedAvg over an explicit set of nodes, refusing malformed replies, summing costs.
+
+The arrays of the usable replies are aggregated by a Flower strategy chosen in
+the config (:mod:`strategies.robust`: FedAvg by default, or a Byzantine-robust
+rule); the costs are summed over every usable reply whatever the rule.
+"""
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from flwr.app import (
     ArrayRecord,
@@ -17,7 +22,7 @@ from flwr.app import (
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from strategies.replies import Signature, check_train_reply, signature
+from strategies.replies import Signature, check_train_reply, reply_node, signature
 
 # Extensive client metrics: their federation total is the sum, not a weighted mean.
 LOG = logging.getLogger("fedunlearn")
@@ -60,6 +65,12 @@ class FederatedAveraging(FedAvg):
         Share of the participants sampled each round (at least one).
     seed : int
         Seeds the per-round sampling, so that a run repeats exactly.
+    limits : mapping of int to int, optional
+        Per node id, the training samples it holds (from node discovery): a
+        reply claiming more examples is refused.
+    aggregator : FedAvg, optional
+        The Flower strategy whose ``aggregate_train`` combines the usable
+        replies' arrays (:func:`strategies.robust.make_aggregator`); default FedAvg.
     """
 
     def __init__(
@@ -67,6 +78,8 @@ class FederatedAveraging(FedAvg):
         participants: Sequence[int] | None = None,
         fraction_train: float = 1.0,
         seed: int = 0,
+        limits: Mapping[int, int] | None = None,
+        aggregator: FedAvg | None = None,
     ) -> None:
         # Our round driver evaluates centrally and never configures federated
         # evaluation; FedAvg warns about fraction_evaluate=0 on every construction.
@@ -84,6 +97,9 @@ class FederatedAveraging(FedAvg):
         finally:
             flwr_log.setLevel(level)
         self.participants = list(participants) if participants is not None else None
+        self.limits = dict(limits or {})
+        self.aggregator = aggregator
+        self._sent: list[Message] = []
         self.seed = seed
         self._rng = random.Random(seed)
         self._expected: Signature = {}
@@ -108,24 +124,38 @@ class FederatedAveraging(FedAvg):
         config["server-round"] = server_round
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config,
                              **self.extra_records})
-        return [
+        # Kept to name a lost node: the SuperLink's error reply only names the message.
+        self._sent = [
             Message(content=record, message_type=MessageType.TRAIN, dst_node_id=node_id)
             for node_id in self.select_nodes(grid)
         ]
+        return self._sent
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Weighted average of the usable replies; the others are logged and recorded."""
+        """Aggregate the usable replies; the others are logged and recorded.
+
+        Returns ``(None, None)`` when no reply is usable.
+        """
         usable = []
         for msg in replies:
+            node = reply_node(msg, self._sent)
             reason = check_train_reply(
-                msg, self._expected, self.weighted_by_key, self.arrayrecord_key
+                msg, self._expected, self.weighted_by_key, self.arrayrecord_key,
+                limit=self.limits.get(node),
             )
             if reason is None:
                 usable.append(msg)
             else:
-                node = msg.metadata.src_node_id
                 LOG.warning("round %d: refused reply of node %d: %s", server_round, node, reason)
                 self.refused.append((server_round, node, reason))
-        return super().aggregate_train(server_round, usable)
+        if not usable:
+            return None, None
+        # Costs of every usable reply, before a robust rule drops some (or pops arrays).
+        metrics = self.train_metrics_aggr_fn([m.content for m in usable], self.weighted_by_key)
+        if self.aggregator is None:
+            arrays, _ = super().aggregate_train(server_round, usable)
+        else:
+            arrays, _ = self.aggregator.aggregate_train(server_round, usable)
+        return arrays, metrics

@@ -7,6 +7,7 @@ Algorithm 1); the default L_neg is the first layer (weight and bias).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from strategies.unlearning import Settings, StateDict, Targets, UnlearningStrategy
 
@@ -38,8 +39,9 @@ class NoT(UnlearningStrategy):
     name = "NoT"
 
     def __init__(self, targets: Targets, settings: Settings, seed: int = 0,
-                 fraction_train: float = 1.0, *, negated: Sequence[str]) -> None:
-        super().__init__(targets, settings, seed, fraction_train)
+                 fraction_train: float = 1.0, *, negated: Sequence[str],
+                 **base: Any) -> None:
+        super().__init__(targets, settings, seed, fraction_train, **base)
         if not negated:
             raise ValueError("NoT needs at least one layer to negate")
         self.negated = list(negated)

@@ -6,6 +6,7 @@ baseline; optional TRIM recovery in which only the reset entries may change.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,8 +37,9 @@ class TargetedReset(UnlearningStrategy):
 
     def __init__(self, targets: Targets, settings: Settings, seed: int = 0,
                  fraction_train: float = 1.0, *, curvature: tuple[StateDict, StateDict],
-                 gamma: float, trim_rounds: int = 0) -> None:
-        super().__init__(targets, settings, seed, fraction_train)
+                 gamma: float, trim_rounds: int = 0,
+                 **base: Any) -> None:
+        super().__init__(targets, settings, seed, fraction_train, **base)
         if not 0.0 <= gamma <= 1.0:
             raise ValueError(f"gamma must be in [0, 1], got {gamma}")
         self.h, self.h_prime = curvature

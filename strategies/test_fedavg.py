@@ -106,3 +106,64 @@ def test_aggregate_metrics_sums_costs_only():
                                                 "bytes-sent": 7})})]
     out = aggregate_metrics(records, "num-examples")
     assert out["bytes-sent"] == 12 and out["accuracy"] == pytest.approx(0.25)
+
+
+def test_a_reply_claiming_more_examples_than_its_node_holds_is_refused():
+    # The reported attack: right shapes, all weights 0.5, num-examples 10^12.
+    strategy = FederatedAveraging(limits={11: 40, 12: 40, 13: 40})
+    m1, m2, m3 = configured(strategy)
+    replies = [reply_to(m1, np.ones((2, 3)), np.ones(3), 40),
+               reply_to(m2, np.ones((2, 3)), np.ones(3), 30),
+               reply_to(m3, np.full((2, 3), 0.5), np.full(3, 0.5), 10**12)]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    np.testing.assert_allclose(arrays["w"].numpy(), 1.0)
+    assert metrics["num-examples"] == 70
+    ((_, node, reason),) = strategy.refused
+    assert node == 13 and "more than the 40 training samples the node holds" in reason
+
+
+def test_a_lost_node_is_named_not_the_superlink():
+    from flwr.app import Error
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.app.message import make_message
+
+    strategy = FederatedAveraging()
+    m1, m2, _ = configured(strategy)
+    for i, msg in enumerate((m1, m2)):  # what the grid does when it pushes
+        msg.metadata.__dict__["_message_id"] = f"id-{i}"
+    lost = make_message(metadata=m2.metadata.__class__(
+        run_id=1, message_id="", src_node_id=SUPERLINK_NODE_ID, dst_node_id=SUPERLINK_NODE_ID,
+        reply_to_message_id="id-1", group_id="", message_type="train", created_at=0.0,
+        ttl=1.0), error=Error(code=3, reason="node unavailable"))
+    strategy.aggregate_train(1, [reply_to(m1, np.ones((2, 3)), np.ones(3), 8), lost])
+    ((_, node, reason),) = strategy.refused
+    assert node == 12 and "node unavailable" in reason
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("fedavg", (9 * 1.0 + 1 * 100.0) / 10),  # one rogue of ten drags the mean
+    ("median", 1.0),
+    ("trimmed_mean", 1.0),
+    ("krum", 1.0),
+])
+def test_robust_aggregation_bounds_one_rogue_of_ten(name, expected):
+    from strategies.robust import make_aggregator
+
+    strategy = FederatedAveraging(aggregator=make_aggregator(name, beta=0.2,
+                                                             num_malicious_nodes=1))
+    messages = configured(strategy, nodes=range(10))
+    replies = [reply_to(m, np.ones((2, 3)), np.ones(3), 10) for m in messages[:9]]
+    replies.append(reply_to(messages[9], np.full((2, 3), 100.0), np.full(3, 100.0), 10))
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    np.testing.assert_allclose(arrays["w"].numpy(), expected, rtol=1e-6)
+    # Costs are summed over every usable reply, whichever replies the rule keeps.
+    assert metrics["num-examples"] == 100 and metrics["flops"] == 100
+
+
+def test_unknown_aggregation_is_one_line():
+    from strategies.robust import make_aggregator
+
+    with pytest.raises(ValueError, match="unknown aggregation 'mean'; known: fedavg"):
+        make_aggregator("mean")
+    with pytest.raises(ValueError, match="aggregation 'trimmed_mean': .*beta"):
+        make_aggregator("trimmed_mean", beta=0.7)

@@ -7,10 +7,12 @@ Each method is one small subclass that says how it changes the trained weights
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
+from flwr.serverapp.strategy import FedAvg
 
 from strategies.fedavg import FederatedAveraging
 
@@ -73,14 +75,18 @@ class UnlearningStrategy(FederatedAveraging):
         Rounds and learning rates.
     seed : int
         Seeds node sampling (see :class:`FederatedAveraging`).
+    limits, aggregator
+        Per-node example limits and the aggregation rule (see
+        :class:`FederatedAveraging`).
     """
 
     name: ClassVar[str] = "base"
 
     def __init__(self, targets: Targets, settings: Settings, seed: int = 0,
-                 fraction_train: float = 1.0) -> None:
+                 fraction_train: float = 1.0, limits: Mapping[int, int] | None = None,
+                 aggregator: FedAvg | None = None) -> None:
         super().__init__(participants=targets.retain_nodes, fraction_train=fraction_train,
-                         seed=seed)
+                         seed=seed, limits=limits, aggregator=aggregator)
         self.targets = targets
         self.settings = settings
 
