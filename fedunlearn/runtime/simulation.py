@@ -23,8 +23,11 @@ def backend_config(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def simulate(cfg: DictConfig, out_dir: Path, job: str = "run") -> Any:
+def simulate(cfg: DictConfig, out_dir: Path, job: str = "run", client_app: Any = None) -> Any:
     """Run the server job in Flower's simulation runtime; return its outcome.
+
+    ``client_app`` replaces the project's ClientApp (e.g. :func:`client.rogue.rogue_app`
+    in robustness benchmarks).
 
     Raises
     ------
@@ -34,8 +37,10 @@ def simulate(cfg: DictConfig, out_dir: Path, job: str = "run") -> Any:
     # Imported here: flwr.simulation pulls in Ray, which the other runtime never needs.
     from flwr.simulation import run_simulation
 
-    from client.app import app as client_app
     from server.app import make_server_app
+
+    if client_app is None:
+        from client.app import app as client_app
 
     # Keep Ray's pre-2.56 device-variable behaviour without its warning on every run.
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
