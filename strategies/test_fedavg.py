@@ -124,8 +124,8 @@ def test_a_reply_claiming_more_examples_than_its_node_holds_is_refused():
 
 def test_a_lost_node_is_named_not_the_superlink():
     from flwr.app import Error
-    from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.app.message import make_message
+    from flwr.common.constant import SUPERLINK_NODE_ID
 
     strategy = FederatedAveraging()
     m1, m2, _ = configured(strategy)

@@ -192,8 +192,8 @@ def test_numbers_are_bounded(fields: dict, message: str) -> None:
 
 
 def test_from_json_refuses_huge_numbers_in_one_line() -> None:
-    body = '{"request_id": "r", "kind": "instance", "client": 1, "created": "%s", ' \
-           '"origin": "client", "ids": [%s]}' % (CREATED, "9" * 5000)
+    body = (f'{{"request_id": "r", "kind": "instance", "client": 1, "created": "{CREATED}", '
+            f'"origin": "client", "ids": [{"9" * 5000}]}}')
     with pytest.raises(RequestRefused, match="not valid JSON") as info:
         ForgetRequest.from_json(body)
     assert len(str(info.value)) < 200

@@ -47,9 +47,9 @@ def test_two_rounds_then_reuse(fedunlearn_cmd, tmp_path):
 @pytest.mark.parametrize(
     ("override", "needle"),
     [
-        ("dataset=nope", "bad config override"),
+        ("dataset=nope", "unknown dataset 'nope'"),
         ("model.name=vgg", "unknown model 'vgg'"),
-        ("partition=dirichlet partition.beta=0", "partition.beta must be > 0"),
+        ("partition=dirichlet partition.beta=0", "partition.beta must be a number > 0"),
         ("dataset=cifar10", "dataset.root"),
         ("num_clients=5000", "5000"),
     ],

@@ -61,11 +61,12 @@ def test_client_wise_request_answered_by_every_method(fedunlearn_cmd, tmp_path):
     db.close()
 
 
-def test_refused_request_reaches_the_ledger(fedunlearn_cmd, tmp_path):
-    # Class 42 does not exist: refused with its reason, the federation keeps serving.
+def test_an_impossible_scenario_request_is_refused_before_training(fedunlearn_cmd, tmp_path):
+    # Class 42 does not exist: the scenario is the user's config, refused in one line
+    # before any round (a node's impossible request is refused into the ledger instead:
+    # server/test_intake.py and tests/test_rogue.py).
     done = run(fedunlearn_cmd, tmp_path, "scenario=class", "scenario.request.cls=42")
-    assert done.returncode == 0, done.stderr[-3000:]
-    db = sqlite3.connect(tmp_path / "ledger.sqlite")
-    state, reason = db.execute("select state, reason from requests").fetchone()
-    assert state == "failed" and "42" in reason
-    db.close()
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("fedunlearn: error:")]
+    assert len(errors) == 1 and "scenario.request" in errors[0] and "42" in errors[0]
+    assert not (tmp_path / "ledger.sqlite").exists()
