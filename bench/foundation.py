@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from fedunlearn.config import compose  # noqa: E402
 from fedunlearn.federation import build_federation  # noqa: E402
 from fedunlearn.models import seeded_model  # noqa: E402
-from fedunlearn.runtime.deployment import free_ports  # noqa: E402
+from fedunlearn.runtime.processes import free_ports  # noqa: E402
 from fedunlearn.training import evaluate, train  # noqa: E402
 
 BIN = Path(sys.executable).parent

@@ -10,7 +10,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from torch.utils.flop_counter import FlopCounterMode
 
+from client.modes import MODES, Local
 from client.node import TrainOrder, node_view, partition_id
+from fedunlearn import protocol as P
 from fedunlearn.training import evaluate as evaluate_model
 from fedunlearn.training import pick_device
 from fedunlearn.training import train as train_model
@@ -18,7 +20,7 @@ from fedunlearn.training import train as train_model
 app = ClientApp()
 
 
-@app.query("nodeinfo")
+@app.query(P.NODEINFO)
 def nodeinfo(msg: Message, context: Context) -> Message:
     """Tell the server which partition this node holds, how many training samples it
     has (when the query carries the run's config) and where it computes.
@@ -27,18 +29,18 @@ def nodeinfo(msg: Message, context: Context) -> Message:
     """
     info = ConfigRecord(
         {
-            "partition-id": partition_id(context),
-            "num-partitions": int(context.node_config.get("num-partitions", -1)),
-            "device": str(pick_device("auto")),
+            P.PARTITION_ID: partition_id(context),
+            P.NUM_PARTITIONS: int(context.node_config.get(P.NUM_PARTITIONS, -1)),
+            P.DEVICE: str(pick_device("auto")),
         }
     )
-    if "config" in msg.content.config_records:
+    if P.CONFIG in msg.content.config_records:
         view = node_view(msg, context)
-        info["num-train-examples"] = len(view.federation.train_ids[view.partition_id])
-    return Message(RecordDict({"info": info}), reply_to=msg)
+        info[P.NUM_TRAIN_EXAMPLES] = len(view.federation.train_ids[view.partition_id])
+    return Message(RecordDict({P.INFO: info}), reply_to=msg)
 
 
-@app.query("requests")
+@app.query(P.REQUESTS)
 def requests(msg: Message, context: Context) -> Message:
     """Hand the server the forget requests this node's users recorded (its outbox).
 
@@ -56,12 +58,12 @@ def requests(msg: Message, context: Context) -> Message:
         with Outbox(str(path)) as outbox:
             # Lets `fedunlearn forget` refuse a request in another client's name at once.
             outbox.claim(partition_id(context))
-            acked = msg.content.config_records.get("ack", ConfigRecord())
+            acked = msg.content.config_records.get(P.ACK, ConfigRecord())
             if acked:
                 outbox.mark_sent([str(v) for v in acked.values()])
             for request in outbox.unsent():
                 found[request.request_id] = request.to_json()
-    return Message(RecordDict({"requests": found}), reply_to=msg)
+    return Message(RecordDict({P.FOUND: found}), reply_to=msg)
 
 
 def _load(model: torch.nn.Module, arrays: ArrayRecord) -> None:
@@ -77,15 +79,15 @@ def train(msg: Message, context: Context) -> Message:
     descent (GDA).
     """
     view = node_view(msg, context)
-    config = msg.content.config_records["config"]
+    config = msg.content.config_records[P.CONFIG]
     order = TrainOrder.from_config(config, view.cfg)
-    arrays = msg.content.array_records["arrays"]
-    server_round = int(config.get("server-round", 0))
+    arrays = msg.content.array_records[P.ARRAYS]
+    server_round = int(config.get(P.SERVER_ROUND, 0))
     model = view.model()
     _load(model, arrays)
     t = view.cfg.train
     # TRIM recovery: only the entries the server marks may change (uint8 per parameter).
-    mask = msg.content.array_records.get("mask")
+    mask = msg.content.array_records.get(P.MASK)
     trainable = ({k: v.bool() for k, v in mask.to_torch_state_dict().items()}
                  if mask is not None else None)
     fit = partial(
@@ -101,63 +103,54 @@ def train(msg: Message, context: Context) -> Message:
         # Different batches per client and round, the same on every repeat of the run.
         seed=int(view.cfg.seed) * 1_000_003 + server_round * 1009 + view.partition_id,
     )
+    local = Local(
+        data=lambda which: view.local_data(which, order.request),
+        fit=lambda data, **kw: fit(data.images, data.labels, **kw),
+        selection=order.data,
+        epochs=order.epochs,
+    )
     started = time.perf_counter()
-    if order.mode == "gda":
-        forget = view.local_data("forget", order.request)
-        retain = view.local_data("retain", order.request)
-        steps = []
-        for _ in range(order.epochs):
-            if len(forget):
-                steps.append(fit(forget.images, forget.labels, epochs=1, ascent=True))
-            if len(retain):
-                steps.append(fit(retain.images, retain.labels, epochs=1))
-        if not steps:
-            raise ValueError("no local data for gda")
-        num_examples = len(forget) + len(retain)
-        stats = steps[-1]
-        flops = sum(s.flops for s in steps)
-    else:
-        data = view.local_data(order.data, order.request)
-        if not len(data):
-            raise ValueError(f"no local '{order.data}' data on partition {view.partition_id}")
-        stats = fit(data.images, data.labels, epochs=order.epochs, ascent=order.mode == "ascent")
-        num_examples, flops = stats.num_examples, stats.flops
+    try:
+        done = MODES[order.mode](local)
+    except ValueError as exc:  # e.g. no data of the asked selection on this partition
+        raise ValueError(f"partition {view.partition_id}: {exc}") from exc
+    num_examples, stats, flops = done.num_examples, done.stats, done.flops
     seconds = time.perf_counter() - started
     out = ArrayRecord(model.state_dict())
     metrics = MetricRecord(
         {
-            "num-examples": num_examples,
+            P.NUM_EXAMPLES: num_examples,
             "loss": stats.loss,
             "accuracy": stats.accuracy,
-            "flops": flops,
-            "bytes-received": arrays.count_bytes(),
-            "bytes-sent": out.count_bytes(),
-            "train-seconds": seconds,
+            P.FLOPS: flops,
+            P.BYTES_RECEIVED: arrays.count_bytes(),
+            P.BYTES_SENT: out.count_bytes(),
+            P.TRAIN_SECONDS: seconds,
         }
     )
-    return Message(RecordDict({"arrays": out, "metrics": metrics}), reply_to=msg)
+    return Message(RecordDict({P.ARRAYS: out, P.METRICS: metrics}), reply_to=msg)
 
 
-@app.query("curvature")
+@app.query(P.CURVATURE)
 def curvature(msg: Message, context: Context) -> Message:
     """Diagonal curvature of the mean loss on this node's forget and retained parts.
 
     Computed at the received global weights with the configured estimator
-    (``unlearn.tis``), before any forget data is deleted; a node that has already
+    (``unlearn.curvature``), before any forget data is deleted; a node that has already
     deleted the forget data of this request answers with an error instead.
     """
     from fedunlearn.unlearning.curvature import diagonal_curvature
 
     view = node_view(msg, context)
-    config = msg.content.config_records["config"]
-    request = str(config["request"])
+    config = msg.content.config_records[P.CONFIG]
+    request = str(config[P.REQUEST])
     if request in _deleted(context).values():
         raise RuntimeError(f"partition {view.partition_id} has already deleted the forget "
                            "data of this request; its curvature cannot be computed")
-    arrays = msg.content.array_records["arrays"]
+    arrays = msg.content.array_records[P.ARRAYS]
     model = view.model()
     _load(model, arrays)
-    tis = view.cfg.unlearn.tis
+    settings = view.cfg.unlearn.curvature
     started = time.perf_counter()
     records = RecordDict()
     counts = {}
@@ -166,42 +159,42 @@ def curvature(msg: Message, context: Context) -> Message:
     with FlopCounterMode(display=False) as counter:
         for part in ("forget", "retain"):
             data = view.local_data(part, request)
-            counts[f"n-{part}"] = len(data)
+            counts[P.count_key(part)] = len(data)
             if len(data):
                 diag = diagonal_curvature(
-                    model, data.images, data.labels, estimator=str(tis.estimator),
-                    batch_size=int(tis.batch_size), device=view.device,
+                    model, data.images, data.labels, estimator=str(settings.estimator),
+                    batch_size=int(settings.batch_size), device=view.device,
                     seed=int(view.cfg.seed) + view.partition_id,
-                    mc_samples=int(tis.mc_samples),
-                    hutchinson_samples=int(tis.hutchinson_samples))
-                records[f"h-{part}"] = ArrayRecord(diag)
+                    mc_samples=int(settings.mc_samples),
+                    hutchinson_samples=int(settings.hutchinson_samples))
+                records[P.curvature_key(part)] = ArrayRecord(diag)
     sent = sum(r.count_bytes() for r in records.array_records.values())
-    records["metrics"] = MetricRecord({
+    records[P.METRICS] = MetricRecord({
         **counts,
-        "flops": int(counter.get_total_flops()),
+        P.FLOPS: int(counter.get_total_flops()),
         "curvature-seconds": time.perf_counter() - started,
-        "bytes-received": arrays.count_bytes(),
-        "bytes-sent": sent,
+        P.BYTES_RECEIVED: arrays.count_bytes(),
+        P.BYTES_SENT: sent,
     })
     return Message(records, reply_to=msg)
 
 
-@app.query("delete")
+@app.query(P.DELETE)
 def delete(msg: Message, context: Context) -> Message:
     """Note that this node deleted the forget data of the message's request.
 
     A real deployment deletes the samples here; the simulation keeps its data and
     remembers the deletion in the node's state, so later curvature queries fail.
     """
-    request = str(msg.content.config_records["config"]["request"])
+    request = str(msg.content.config_records[P.CONFIG][P.REQUEST])
     deleted = _deleted(context)
     deleted[str(len(deleted))] = request
-    context.state["deleted"] = deleted
+    context.state[P.DELETED] = deleted
     return Message(RecordDict(), reply_to=msg)
 
 
 def _deleted(context: Context) -> ConfigRecord:
-    return context.state.config_records.get("deleted", ConfigRecord())
+    return context.state.config_records.get(P.DELETED, ConfigRecord())
 
 
 @app.evaluate()
@@ -209,13 +202,13 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this node's validation split."""
     view = node_view(msg, context)
     model = view.model()
-    _load(model, msg.content.array_records["arrays"])
+    _load(model, msg.content.array_records[P.ARRAYS])
     data = view.federation.client_val(view.partition_id)
     stats = evaluate_model(
         model, data.images, data.labels,
         batch_size=int(view.cfg.train.eval_batch_size), device=view.device,
     )
     metrics = MetricRecord(
-        {"num-examples": stats.num_examples, "loss": stats.loss, "accuracy": stats.accuracy}
+        {P.NUM_EXAMPLES: stats.num_examples, "loss": stats.loss, "accuracy": stats.accuracy}
     )
-    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+    return Message(RecordDict({P.METRICS: metrics}), reply_to=msg)

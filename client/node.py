@@ -9,13 +9,11 @@ import torch
 from flwr.app import ConfigRecord, Context, Message
 from omegaconf import DictConfig
 
+from fedunlearn import protocol as P
 from fedunlearn.config import ConfigError, from_payload
 from fedunlearn.data import ImageData
 from fedunlearn.federation import Federation, build_federation, configured_model
 from fedunlearn.training import pick_device
-
-# Key of the ConfigRecord entry that carries the composed config (JSON).
-PAYLOAD_KEY = "fedunlearn"
 
 
 @dataclass(frozen=True)
@@ -43,7 +41,7 @@ class NodeView:
         ids = self.federation.train_ids[self.partition_id]
         if which == "all":
             chosen = ids
-        elif which in ("retain", "forget"):
+        elif which in P.DATA_SELECTIONS:
             forget = self.forget_ids(request_json)
             chosen = np.setdiff1d(ids, forget) if which == "retain" else forget
         else:
@@ -65,8 +63,8 @@ def _forget_ids(federation: Federation, request_json: str, client: int) -> np.nd
 class TrainOrder:
     """What the server asks of one training message (keys of its ConfigRecord).
 
-    ``data``: all, retain or forget; ``mode``: descent, ascent (maximize the loss)
-    or gda (per epoch: ascent on forget data, then descent on retained data).
+    ``data``: all, retain or forget; ``mode``: a client behaviour registered in
+    :mod:`client.modes` (descent, ascent, gda, ...).
     """
 
     data: str
@@ -76,22 +74,26 @@ class TrainOrder:
     grad_clip: float | None
     request: str
 
-    MODES = ("descent", "ascent", "gda")
-
     @classmethod
     def from_config(cls, config: ConfigRecord, cfg: DictConfig) -> TrainOrder:
         """Read the order, defaulting to plain FedAvg training from ``cfg.train``."""
-        mode = str(config.get("mode", "descent"))
-        if mode not in cls.MODES:
-            raise ConfigError(f"unknown training mode '{mode}'; known: {', '.join(cls.MODES)}")
-        clip = float(config.get("grad-clip", 0.0))
+        from client.modes import MODES
+
+        mode = str(config.get(P.MODE, "descent"))
+        if mode not in MODES:
+            raise ConfigError(f"unknown training mode '{mode}'; known: {', '.join(MODES)}")
+        data = str(config.get(P.DATA, "all"))
+        if data not in P.DATA_SELECTIONS:
+            raise ConfigError(f"unknown data selection '{data}'; known: "
+                              f"{', '.join(P.DATA_SELECTIONS)}")
+        clip = float(config.get(P.GRAD_CLIP, 0.0))
         return cls(
-            data=str(config.get("data", "all")),
+            data=data,
             mode=mode,
-            lr=float(config.get("lr", cfg.train.lr)),
-            epochs=int(config.get("epochs", cfg.train.local_epochs)),
+            lr=float(config.get(P.LR, cfg.train.lr)),
+            epochs=int(config.get(P.EPOCHS, cfg.train.local_epochs)),
             grad_clip=clip if clip > 0 else None,
-            request=str(config.get("request", "")),
+            request=str(config.get(P.REQUEST, "")),
         )
 
 
@@ -103,10 +105,10 @@ def partition_id(context: Context, num_clients: int | None = None) -> int:
     ConfigError
         When the node config lacks it or it does not fit ``num_clients``.
     """
-    if "partition-id" not in context.node_config:
+    if P.PARTITION_ID not in context.node_config:
         raise ConfigError("node config lacks 'partition-id' (start the SuperNode with "
                           "--node-config \"partition-id=K num-partitions=N\")")
-    pid = int(context.node_config["partition-id"])
+    pid = int(context.node_config[P.PARTITION_ID])
     if num_clients is not None and not 0 <= pid < num_clients:
         raise ConfigError(f"partition-id {pid} is outside the run's {num_clients} clients")
     return pid
@@ -114,9 +116,9 @@ def partition_id(context: Context, num_clients: int | None = None) -> int:
 
 def node_view(msg: Message, context: Context) -> NodeView:
     """Rebuild this node's view from the config the server sent with ``msg``."""
-    config = msg.content.config_records.get("config")
-    if config is None or PAYLOAD_KEY not in config:
-        raise ConfigError(f"message carries no config '{PAYLOAD_KEY}'")
-    cfg = from_payload(str(config[PAYLOAD_KEY]))
+    config = msg.content.config_records.get(P.CONFIG)
+    if config is None or P.PAYLOAD not in config:
+        raise ConfigError(f"message carries no config '{P.PAYLOAD}'")
+    cfg = from_payload(str(config[P.PAYLOAD]))
     pid = partition_id(context, int(cfg.num_clients))
     return NodeView(cfg, pid, build_federation(cfg), pick_device(cfg.runtime.device))

@@ -18,6 +18,7 @@ from flwr.clientapp import ClientApp
 
 from client import app as honest
 from client.node import partition_id
+from fedunlearn import protocol as P
 
 
 def rogue_app(
@@ -43,9 +44,9 @@ def rogue_app(
         out of range, in another client's name...), under keys ``rogue-0``...
     """
     app = ClientApp()
-    app.query("nodeinfo")(honest.nodeinfo)
-    app.query("curvature")(honest.curvature)
-    app.query("delete")(honest.delete)
+    app.query(P.NODEINFO)(honest.nodeinfo)
+    app.query(P.CURVATURE)(honest.curvature)
+    app.query(P.DELETE)(honest.delete)
     app.evaluate()(honest.evaluate)
 
     def rogue(context: Context) -> bool:
@@ -56,22 +57,22 @@ def rogue_app(
         reply = honest.train(msg, context)
         if not rogue(context):
             return reply
-        arrays = reply.content.array_records["arrays"]
+        arrays = reply.content.array_records[P.ARRAYS]
         poisoned = ArrayRecord({k: Array(np.full(a.shape, value, dtype=a.numpy().dtype))
                                 for k, a in arrays.items()})
-        metrics = MetricRecord(dict(reply.content.metric_records["metrics"]))
+        metrics = MetricRecord(dict(reply.content.metric_records[P.METRICS]))
         if num_examples is not None:
-            metrics["num-examples"] = num_examples
-        return Message(RecordDict({"arrays": poisoned, "metrics": metrics}), reply_to=msg)
+            metrics[P.NUM_EXAMPLES] = num_examples
+        return Message(RecordDict({P.ARRAYS: poisoned, P.METRICS: metrics}), reply_to=msg)
 
-    @app.query("requests")
+    @app.query(P.REQUESTS)
     def poll(msg: Message, context: Context) -> Message:
         reply = honest.requests(msg, context)
         if not rogue(context):
             return reply
-        found = ConfigRecord(dict(reply.content.config_records["requests"]))
+        found = ConfigRecord(dict(reply.content.config_records[P.FOUND]))
         for i, body in enumerate(requests):
             found[f"rogue-{i}"] = body
-        return Message(RecordDict({"requests": found}), reply_to=msg)
+        return Message(RecordDict({P.FOUND: found}), reply_to=msg)
 
     return app

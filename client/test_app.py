@@ -6,14 +6,14 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from client.app import curvature, delete, train
-from client.node import PAYLOAD_KEY
+from fedunlearn import protocol as P
 from fedunlearn.config import compose, to_payload
 from fedunlearn.federation import build_federation
 from fedunlearn.models import seeded_model
 from fedunlearn.requests import scenario_request
 
 CFG = compose(["dataset=digits", "num_clients=2", "model=cnn_nonorm",
-               "unlearn.tis.estimator=diag_ggn_exact"])
+               "unlearn.curvature.estimator=diag_ggn_exact"])
 REQUEST = scenario_request({"kind": "instance", "client": 0, "fraction": 0.5, "clients": [0]})
 
 
@@ -25,7 +25,7 @@ def context(pid=0):
 def message(kind, **config):
     splits = build_federation(CFG).splits
     model = seeded_model("cnn_nonorm", splits.num_classes, splits.in_shape, 0)
-    record = ConfigRecord({PAYLOAD_KEY: to_payload(CFG), "request": REQUEST.to_json(), **config})
+    record = ConfigRecord({P.PAYLOAD: to_payload(CFG), P.REQUEST: REQUEST.to_json(), **config})
     return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": record}),
                    message_type=kind, dst_node_id=5)
 

@@ -30,6 +30,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import MissingConfigException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from fedunlearn.errors import UserError
+
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 # Sections that decide what a trained global model is; the training cache key and
@@ -37,7 +39,7 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 TRAINING_SECTIONS = ("seed", "num_clients", "dataset", "partition", "model", "train", "attack")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration value or override that cannot be used (one-line message)."""
 
 
@@ -105,10 +107,24 @@ def compose_sweep(overrides: Sequence[str]) -> list[DictConfig]:
         return [_compose_job(job) for job in jobs]
 
 
+def method_overrides() -> list[str]:
+    """Hydra overrides that load every method's YAML (``conf/unlearn/method/*.yaml``).
+
+    Each file becomes ``unlearn.<section>``: a new method's YAML is picked up by
+    being there, and ``unlearn.<section>.<key>=...`` overrides work as for any key.
+    Every entry point that composes the config adds these first.
+    """
+    folder = CONF_DIR / "unlearn" / "method"
+    return [f"+unlearn/method@unlearn.{path.stem}={path.stem}"
+            for path in sorted(folder.glob("*.yaml"))]
+
+
 def _compose_job(overrides: list[str]) -> DictConfig:
     """Compose one job's config (inside :func:`_hydra_context`) and :func:`validate` it."""
     try:
-        cfg = hydra_compose(config_name="config", overrides=overrides)
+        # Overrides passed on by a job Hydra composed (deployment) already hold them.
+        loads = [o for o in method_overrides() if o not in overrides]
+        cfg = hydra_compose(config_name="config", overrides=[*loads, *overrides])
     except MissingConfigException as exc:
         # An unknown group option ("model=vgg"): name the group and its options, as a
         # bad model.name does, instead of Hydra's search path.
@@ -359,29 +375,20 @@ def rules() -> dict[str, Rule]:
         # null means "as many as training"; so would 0 (`retrain_rounds or train.rounds`).
         "unlearn.retrain_rounds": _int(1, null=True),
         "unlearn.recovery_lr": _num(0, low_open=True, null=True),
-        "unlearn.not.layers": Rule("list", item=Rule("layer"), nonempty=True, null=True),
     }
-    for ascent in ("ga", "gda"):
-        table |= {
-            f"unlearn.{ascent}.rounds": _int(0),
-            f"unlearn.{ascent}.lr": _num(0, low_open=True),
-            f"unlearn.{ascent}.local_epochs": _int(1),
-            # 0 turns clipping off (client.node.TrainOrder).
-            f"unlearn.{ascent}.grad_clip": _num(0),
-        }
+    # Each method's own section (unlearn.<section>, conf/unlearn/method/) is checked by
+    # the method itself: strategies.registry, in _check_combinations.
     table |= {
         # Cross-validation needs two folds at least.
         "unlearn.evaluate.mia_folds": _int(2),
         "unlearn.evaluate.max_retain": _int(1, null=True),
         "unlearn.evaluate.owned_share": fraction,
         "unlearn.ledger": Rule("text"),
-        "unlearn.tis.estimator": _one_of(ESTIMATORS),
-        "unlearn.tis.batch_size": _int(1),
-        "unlearn.tis.mc_samples": _int(1),
-        "unlearn.tis.hutchinson_samples": _int(1),
-        "unlearn.tis.gammas": Rule("list", item=fraction, nonempty=True),
-        "unlearn.tis.trim_rounds": _int(0),
-        "unlearn.tis.min_replies": _int(1),
+        "unlearn.curvature.estimator": _one_of(ESTIMATORS),
+        "unlearn.curvature.batch_size": _int(1),
+        "unlearn.curvature.mc_samples": _int(1),
+        "unlearn.curvature.hutchinson_samples": _int(1),
+        "unlearn.curvature.min_replies": _int(1),
     }
     return table
 
@@ -409,7 +416,7 @@ def validate(cfg: DictConfig) -> None:
     """Check every key's type and range (:func:`rules`), then what keys say together.
 
     The checks that need the data or a model (NoT's layers, the scenario's request on
-    the partitions) are :func:`fedunlearn.cli.preflight`'s.
+    the partitions) are :func:`fedunlearn.commands.jobs.preflight`'s.
 
     Raises
     ------
@@ -425,7 +432,8 @@ def validate(cfg: DictConfig) -> None:
 def _check_combinations(cfg: DictConfig) -> None:
     """What no single key can say: bounds set by other keys, names known elsewhere."""
     from fedunlearn.requests import RequestRefused, scenario_request
-    from strategies import RESET_METHODS, check_methods
+    from strategies import METHODS
+    from strategies.registry import check_methods, plan
 
     clients = cfg.num_clients
     if cfg.partition.scheme == "dirichlet":
@@ -449,11 +457,17 @@ def _check_combinations(cfg: DictConfig) -> None:
         raise ConfigError(f"unlearn.methods: {exc}") from exc
     repeated = sorted({name for name in methods if methods.count(name) > 1})
     _need(not repeated, f"unlearn.methods lists {', '.join(repeated)} more than once")
-    if any(name in RESET_METHODS for name in methods):
+    sections = OmegaConf.to_container(cfg.unlearn, resolve=True)
+    assert isinstance(sections, dict)
+    try:  # each method checks its own settings (types by its constructor, then ranges)
+        plan(methods, sections)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(_first_line(exc)) from exc
+    if any("curvature" in METHODS[name].needs for name in methods):
         # Curvature comes from at most every client; more replies can never arrive.
-        _need(cfg.unlearn.tis.min_replies <= clients,
-              f"unlearn.tis.min_replies must be <= num_clients ({clients}), "
-              f"got {cfg.unlearn.tis.min_replies}")
+        _need(cfg.unlearn.curvature.min_replies <= clients,
+              f"unlearn.curvature.min_replies must be <= num_clients ({clients}), "
+              f"got {cfg.unlearn.curvature.min_replies}")
     if cfg.scenario.request is not None:
         content = OmegaConf.to_container(cfg.scenario.request, resolve=True)
         assert isinstance(content, dict)

@@ -9,7 +9,7 @@ A request left ``running`` by a crashed server is still :meth:`Ledger.pending`
 and is resumed by the next server; ``done`` and ``failed`` requests are never
 returned again, so never repeated. Each unlearning method that ran for a
 request leaves a receipt (a JSON object the caller builds, e.g. with the
-:func:`digest` of the model before and after).
+:func:`~fedunlearn.digest.digest` of the model before and after).
 
 The ledger also stores who sent each request (``scenario`` or ``client:K``).
 A submission that never became a request (malformed, sent in another client's
@@ -17,30 +17,22 @@ name, or re-using a recorded id with other content or another sender) is kept
 as a row of its own in ``rejections`` (:meth:`Ledger.reject`): a forged
 duplicate never changes the genuine request.
 
-The file and the folders the ledger creates are private to their owner (0600
-and 0700), whatever the umask: requests name clients and samples.
-
-The file uses SQLite's write-ahead log with ``synchronous=FULL``: a write is on
-disk when its transaction returns, so a finished request survives a crash or a
-power cut right after.
+The ledger is a :class:`~fedunlearn.sqlite.SQLiteFile`: private to its owner
+(requests name clients and samples), and on disk when a write returns, so a
+finished request survives a crash or a power cut right after.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import sqlite3
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Self
-
-import numpy as np
+from typing import Any
 
 from fedunlearn.requests import ForgetRequest, RequestRefused
+from fedunlearn.sqlite import SQLiteFile, now, transaction
 
 __all__ = [
     "STATES",
@@ -49,9 +41,6 @@ __all__ = [
     "LedgerError",
     "Rejection",
     "RequestConflict",
-    "connect",
-    "digest",
-    "transaction",
 ]
 
 STATES: tuple[str, ...] = ("received", "running", "done", "failed")
@@ -107,95 +96,6 @@ class LedgerError(RuntimeError):
 
 class RequestConflict(LedgerError):
     """A request id that is already recorded with other content or another sender."""
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def connect(path: str | Path, schema: str) -> sqlite3.Connection:
-    """Open (creating it and its folder if needed) a durable SQLite file.
-
-    The connection is in autocommit mode, so that :func:`transaction` controls
-    every transaction explicitly; the journal is a write-ahead log and every
-    commit is synced to disk (``synchronous=FULL``).
-
-    Parameters
-    ----------
-    path : str or Path
-        The database file.
-    schema : str
-        ``CREATE TABLE IF NOT EXISTS`` statements, run once on open.
-
-    Returns
-    -------
-    sqlite3.Connection
-    """
-    path = Path(path)
-    _private_dirs(path.parent)
-    # Create the file 0600 before SQLite does (it would honour the umask); SQLite gives
-    # its -wal and -shm files the database file's mode.
-    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-    os.chmod(path, 0o600)
-    conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
-    # WAL lets a reader (a status query) run while the server writes.
-    conn.execute("PRAGMA journal_mode=WAL")
-    # NORMAL, WAL's usual setting, may lose the last commits on power loss: FULL does not.
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    with transaction(conn):
-        for statement in schema.split(";"):
-            if statement.strip():
-                conn.execute(statement)
-    return conn
-
-
-def _private_dirs(folder: Path) -> None:
-    """Create ``folder`` and its missing parents as 0700 (existing folders are left alone)."""
-    missing = []
-    while not folder.exists():
-        missing.append(folder)
-        folder = folder.parent
-    for created in reversed(missing):
-        created.mkdir(mode=0o700, exist_ok=True)
-        os.chmod(created, 0o700)  # mkdir's mode is masked by the umask
-
-
-@contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """One write transaction: committed on success, rolled back on any exception.
-
-    ``BEGIN IMMEDIATE`` takes the write lock up front, so a read-check-update
-    sequence inside cannot interleave with another process's.
-    """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
-class SQLiteFile:
-    """An embedded SQLite file opened with :func:`connect`: the lifecycle shared by the
-    server's ledger and a client's outbox (subclasses set ``SCHEMA``)."""
-
-    SCHEMA = ""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._conn = connect(self.path, self.SCHEMA)
-
-    def close(self) -> None:
-        """Close the file; further calls fail."""
-        self._conn.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 @dataclass(frozen=True)
@@ -311,7 +211,7 @@ class Ledger(SQLiteFile):
             The id is recorded with other content or another sender; nothing
             changes (the caller records the submission with :meth:`reject`).
         """
-        now = _now()
+        stamp = now()
         content = _content(request)
         with transaction(self._conn) as conn:
             row = conn.execute("SELECT content, sender FROM requests WHERE id = ?",
@@ -326,7 +226,7 @@ class Ledger(SQLiteFile):
                 "INSERT INTO requests (id, kind, client, body, state, reason, created, "
                 "updated, attempts, sender, content) "
                 "VALUES (?, ?, ?, ?, 'received', NULL, ?, ?, 0, ?, ?)",
-                (request.request_id, request.kind, request.client, request.to_json(), now, now,
+                (request.request_id, request.kind, request.client, request.to_json(), stamp, stamp,
                  sender, content),
             )
         return True
@@ -358,7 +258,7 @@ class Ledger(SQLiteFile):
                 "INSERT INTO rejections (request_id, sender, body, reason, created) "
                 "VALUES (?, ?, ?, ?, ?)",
                 (None if request_id is None else clean(request_id, 64), clean(sender, 64),
-                 clean(body, _MAX_REJECTED_BODY), _one_line(clean(reason, 1000)) or "", _now()),
+                 clean(body, _MAX_REJECTED_BODY), _one_line(clean(reason, 1000)) or "", now()),
             )
 
     def start(self, request_id: str) -> None:
@@ -383,7 +283,8 @@ class Ledger(SQLiteFile):
         method : str
             The unlearning method, e.g. ``"NoT"``.
         receipt : mapping
-            JSON-serializable; e.g. timings, bytes, and model :func:`digest` values.
+            JSON-serializable; e.g. timings, bytes, and model
+            :func:`~fedunlearn.digest.digest` values.
         """
         if not isinstance(receipt, Mapping):
             raise LedgerError(f"a receipt must be a mapping, got {type(receipt).__name__}")
@@ -394,7 +295,7 @@ class Ledger(SQLiteFile):
                 "INSERT INTO receipts (request_id, method, body, created) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (request_id, method) DO UPDATE SET "
                 "body = excluded.body, created = excluded.created",
-                (request_id, method, body, _now()),
+                (request_id, method, body, now()),
             )
 
     # ---- reads ---------------------------------------------------------------
@@ -485,7 +386,7 @@ class Ledger(SQLiteFile):
         conn.execute(
             "UPDATE requests SET state = ?, reason = ?, updated = ?, "
             "attempts = attempts + ? WHERE id = ?",
-            (target, _one_line(reason), _now(), int(name == "start"), request_id),
+            (target, _one_line(reason), now(), int(name == "start"), request_id),
         )
 
 
@@ -508,48 +409,3 @@ def _entry(row: tuple[Any, ...]) -> LedgerEntry:
 def _content(request: ForgetRequest) -> str:
     """Canonical JSON of what a request forgets: equal content, equal text."""
     return json.dumps(request.content(), sort_keys=True, separators=(",", ":"))
-
-
-def digest(state_dict: Mapping[str, Any]) -> str:
-    """SHA-256 of a model's weights, for receipts ("model before and after").
-
-    Covers each tensor's name, dtype, shape and bytes, in sorted name order, so
-    it does not depend on the dict's order. A torch tensor and the numpy array
-    with the same dtype, shape and values give the same digest.
-
-    Parameters
-    ----------
-    state_dict : mapping of str to torch.Tensor or numpy.ndarray
-        E.g. ``model.state_dict()`` or Flower's ``ArrayRecord.to_numpy_ndarrays``
-        zipped with names.
-
-    Returns
-    -------
-    str
-        64 hex digits.
-    """
-    sha = hashlib.sha256()
-    for name in sorted(state_dict):
-        dtype, shape, data = _tensor_bytes(name, state_dict[name])
-        # Length-prefixed header: no two different (name, dtype, shape) sequences collide.
-        header = json.dumps([name, dtype, list(shape), len(data)])
-        sha.update(len(header).to_bytes(8, "little") + header.encode())
-        sha.update(data)
-    return sha.hexdigest()
-
-
-def _tensor_bytes(name: str, value: Any) -> tuple[str, tuple[int, ...], bytes]:
-    if isinstance(value, np.ndarray):
-        array = np.asarray(value, order="C")  # ascontiguousarray would make 0-d arrays 1-d
-        if array.dtype.byteorder == ">":  # hash the little-endian bytes torch would have
-            array = array.astype(array.dtype.newbyteorder("<"))
-        return array.dtype.name, tuple(array.shape), array.tobytes()
-    # Imported here: numpy-only callers need not pay for torch.
-    import torch
-
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"digest: '{name}' is a {type(value).__name__}, not a tensor or array")
-    tensor = value.detach().to("cpu").contiguous()
-    # Raw bytes through a uint8 view: works for dtypes numpy lacks (bfloat16).
-    data = tensor.reshape(-1).view(torch.uint8).numpy().tobytes()
-    return str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape), data

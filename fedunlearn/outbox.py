@@ -1,34 +1,28 @@
 """The client-side store of forget requests waiting to reach the server.
 
-On a client machine, ``fedunlearn forget`` (:func:`forget_command`) records a
-request against the client's own data in an :class:`Outbox` file. The
+On a client machine, ``fedunlearn forget`` (:mod:`fedunlearn.commands.forget`)
+records a request against the client's own data in an :class:`Outbox` file. The
 ClientApp attaches the :meth:`Outbox.unsent` requests to its next reply to the
 server's ``query.requests`` poll and marks them sent once the reply is built.
 The server, not the client, decides whether a request can be carried out
-(:func:`fedunlearn.requests.materialize` needs the data): the command checks
-the request's shape and bounds, and that ``--client`` is the partition of the
-node that owns the outbox once the ClientApp has recorded it
-(:meth:`Outbox.claim`). ``fedunlearn forget --cancel ID`` removes a request
-that has not been sent yet.
+(:func:`fedunlearn.requests.materialize` needs the data). The ClientApp records
+which partition its node holds (:meth:`Outbox.claim`), so that the command can
+refuse a request made in another client's name. An unsent request can be
+cancelled (:meth:`Outbox.cancel`).
 
 This module imports neither torch nor the data layer: the command starts fast.
 """
 
 from __future__ import annotations
 
-import argparse
-import sqlite3
-import sys
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
 
-from fedunlearn.ledger import SQLiteFile, transaction
-from fedunlearn.requests import KINDS, ForgetRequest, RequestRefused, new_request_id
+from fedunlearn.errors import UserError
+from fedunlearn.requests import ForgetRequest
+from fedunlearn.sqlite import SQLiteFile, now, transaction
 
-__all__ = ["Outbox", "OutboxEntry", "OutboxError", "forget_command"]
+__all__ = ["Outbox", "OutboxEntry", "OutboxError"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -44,8 +38,8 @@ CREATE TABLE IF NOT EXISTS node (
 """
 
 
-class OutboxError(ValueError):
-    """A conflicting or unknown request id (one line)."""
+class OutboxError(UserError):
+    """A conflicting or unknown request id, or an outbox file that cannot be used (one line)."""
 
 
 @dataclass(frozen=True)
@@ -64,10 +58,6 @@ class OutboxEntry:
     request: ForgetRequest
     added: str
     sent: str | None
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 class Outbox(SQLiteFile):
@@ -93,7 +83,7 @@ class Outbox(SQLiteFile):
         with transaction(self._conn) as conn:
             conn.execute(
                 "INSERT OR IGNORE INTO outbox (id, body, added, sent) VALUES (?, ?, ?, NULL)",
-                (request.request_id, body, _now()),
+                (request.request_id, body, now()),
             )
             (stored,) = conn.execute(
                 "SELECT body FROM outbox WHERE id = ?", (request.request_id,)
@@ -122,7 +112,7 @@ class Outbox(SQLiteFile):
         wanted = list(dict.fromkeys(ids))
         if not wanted:
             return
-        now = _now()
+        stamp = now()
         with transaction(self._conn) as conn:
             marks = ", ".join("?" * len(wanted))
             rows = conn.execute(f"SELECT id FROM outbox WHERE id IN ({marks})", wanted)
@@ -132,7 +122,7 @@ class Outbox(SQLiteFile):
                 raise OutboxError(f"unknown request id(s) in the outbox: {', '.join(unknown)}")
             conn.executemany(
                 "UPDATE outbox SET sent = ? WHERE id = ? AND sent IS NULL",
-                [(now, i) for i in wanted],
+                [(stamp, i) for i in wanted],
             )
 
     def cancel(self, request_id: str) -> ForgetRequest:
@@ -175,121 +165,3 @@ class Outbox(SQLiteFile):
         ).fetchall()
         return [OutboxEntry(ForgetRequest.from_json(body), added, sent)
                 for body, added, sent in rows]
-
-
-# ---- `fedunlearn forget` --------------------------------------------------------
-PROG = "fedunlearn forget"
-
-
-class _UsageError(Exception):
-    """A command-line error, reported as one line with exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        # argparse prints the usage and the message on several lines: we want one.
-        raise _UsageError(message)
-
-
-def _id_list(text: str) -> tuple[int, ...]:
-    try:
-        # Bounds are ForgetRequest's (below 2^63); parsing only needs integers.
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated sample ids like 1,2,3, got '{text}'"
-        ) from None
-
-
-def _parser() -> _Parser:
-    parser = _Parser(
-        prog=PROG,
-        allow_abbrev=False,
-        description="Record a request to forget some of this client's data; the ClientApp "
-        "sends it to the server with its next reply. Prints the request id. "
-        "With --cancel ID, remove a request that has not been sent yet.",
-    )
-    parser.add_argument("--outbox", required=True, type=Path, help="the client's outbox file")
-    parser.add_argument("--cancel", metavar="ID", help="remove this unsent request instead")
-    parser.add_argument("--client", type=int, help="this client's partition id")
-    parser.add_argument("--kind", choices=KINDS, help="what to forget")
-    parser.add_argument("--class", dest="cls", type=int, help="class to forget (kind class)")
-    parser.add_argument("--ids", type=_id_list, help="sample ids to forget (kind instance)")
-    parser.add_argument(
-        "--fraction", type=float, help="share of this client's samples (kind instance)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the fraction draw")
-    return parser
-
-
-def forget_command(argv: list[str]) -> int:
-    """``fedunlearn forget``: add a request for this client's data to its outbox.
-
-    ``fedunlearn forget --outbox PATH --client K --kind KIND [--class C]
-    [--ids 1,2,3] [--fraction F] [--seed S]``. Kind ``class`` needs ``--class``;
-    kind ``instance`` needs one of ``--ids`` and ``--fraction`` (a fraction of
-    this client's own samples); kinds ``client`` and ``backdoor`` take neither.
-    ``fedunlearn forget --outbox PATH --cancel ID`` removes an unsent request.
-
-    Parameters
-    ----------
-    argv : list of str
-        The arguments after ``forget``.
-
-    Returns
-    -------
-    int
-        0 after printing the new (or cancelled) request id; 2 after a one-line
-        error on stderr.
-    """
-    try:
-        args = _parser().parse_args(argv)
-        if args.cancel is not None:
-            with _open(args.outbox) as outbox:
-                outbox.cancel(args.cancel)
-            print(f"cancelled {args.cancel}")
-            return 0
-        if args.client is None or args.kind is None:
-            raise _UsageError("the following arguments are required: --client, --kind")
-        request = ForgetRequest(
-            request_id=new_request_id(),
-            kind=args.kind,
-            client=args.client,
-            cls=args.cls,
-            ids=args.ids,
-            fraction=args.fraction,
-            # A client's fraction applies to its own samples only.
-            clients=(args.client,) if args.fraction is not None else None,
-            seed=args.seed,
-            origin="client",
-        )
-        with _open(args.outbox) as outbox:
-            owner = outbox.partition()
-            if owner is not None and owner != request.client:
-                raise OutboxError(f"this outbox belongs to client {owner}, not client "
-                                  f"{request.client}")
-            outbox.add(request)
-    except SystemExit as exc:  # --help
-        return int(exc.code or 0)
-    except (_UsageError, RequestRefused, OutboxError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        return 2
-    print(request.request_id)
-    return 0
-
-
-@contextmanager
-def _open(path: Path) -> Iterator[Outbox]:
-    """The outbox at ``path``; file errors become one-line :class:`OutboxError`s."""
-    try:
-        outbox = Outbox(path)
-    except (sqlite3.Error, OSError) as exc:
-        # sqlite's own message ("unable to open database file") names no file.
-        raise OutboxError(f"cannot use the outbox {path}: {exc}") from exc
-    try:
-        yield outbox
-    except sqlite3.Error as exc:
-        raise OutboxError(f"cannot use the outbox {path}: {exc}") from exc
-    finally:
-        outbox.close()

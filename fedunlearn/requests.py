@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from fedunlearn.errors import UserError
+
 if TYPE_CHECKING:  # the data layer imports torch: keep `fedunlearn forget` light
     from fedunlearn.data.forget import ForgetSet
 
@@ -58,7 +60,7 @@ CONTENT_FIELDS: tuple[str, ...] = ("kind", "client", "cls", "ids", "fraction", "
 _REQUIRED_JSON: tuple[str, ...] = ("request_id", "kind", "client", "created", "origin")
 
 
-class RequestRefused(ValueError):
+class RequestRefused(UserError):
     """A request that is malformed or cannot be carried out; the message is one line."""
 
 

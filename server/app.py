@@ -30,9 +30,9 @@ def run_job(grid: Grid, cfg: DictConfig, out_dir: Path, job: str = "run") -> Tra
     out_dir.mkdir(parents=True, exist_ok=True)
     outcome = train_global(grid, cfg, out_dir)
     if job == "run":
-        from server.report import report_requests
+        from server.forgetting import forget_requested
 
-        report_requests(grid, cfg, outcome, out_dir)
+        forget_requested(grid, cfg, outcome, out_dir)
     return outcome
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, MetricRecord
 from omegaconf import DictConfig
 
 from fedunlearn.federation import Federation, configured_model
@@ -25,8 +25,8 @@ class CentralEvaluator:
         self.model.load_state_dict(state)
         return self.model
 
-    def __call__(self, arrays: ArrayRecord) -> dict[str, float]:
-        """Test accuracy (fraction) and mean loss of ``arrays``."""
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        """Test accuracy (fraction) and mean loss of ``arrays`` (Flower's ``evaluate_fn``)."""
         stats = evaluate(self.load(arrays), self.test.images, self.test.labels,
                          batch_size=self.batch_size, device=self.device)
-        return {"test_accuracy": stats.accuracy, "test_loss": stats.loss}
+        return MetricRecord({"test_accuracy": stats.accuracy, "test_loss": stats.loss})

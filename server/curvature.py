@@ -19,6 +19,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
+from fedunlearn import protocol as P
 from fedunlearn.unlearning.curvature import NONNEGATIVE, resolve_estimator
 from fedunlearn.unlearning.tis import CurvatureAccumulator, CurvatureReplyError
 from strategies.replies import reply_node
@@ -61,19 +62,19 @@ def fold_reply(acc: CurvatureAccumulator, reply: Message, limit: int | None = No
     content = reply.content
     if "metrics" not in content.metric_records:
         raise CurvatureReplyError("no MetricRecord 'metrics' with the sample counts")
-    metrics = dict(content.metric_records["metrics"])
+    metrics = dict(content.metric_records[P.METRICS])
     parts = {}
     for part in ("forget", "retain"):
-        record = content.array_records.get(f"h-{part}")
+        record = content.array_records.get(P.curvature_key(part))
         parts[part] = record.to_torch_state_dict() if record is not None else None
     if limit is not None:
-        claimed = [metrics.get(f"n-{part}", 0) for part in ("forget", "retain")]
+        claimed = [metrics.get(P.count_key(part), 0) for part in ("forget", "retain")]
         if all(isinstance(c, int | float) for c in claimed) and sum(claimed) > limit:
             raise CurvatureReplyError(f"claims {sum(claimed):.6g} samples, more than the "
                                       f"{limit} the node holds")
     # Counts go in as sent: the accumulator refuses negative or non-integer ones.
-    acc.add(parts["forget"], metrics.get("n-forget", 0),
-            parts["retain"], metrics.get("n-retain", 0))
+    acc.add(parts["forget"], metrics.get(P.count_key("forget"), 0),
+            parts["retain"], metrics.get(P.count_key("retain"), 0))
 
 
 def query_curvature(
@@ -108,8 +109,8 @@ def query_curvature(
     started = time.perf_counter()
     nonnegative = resolve_estimator(model, estimator) in NONNEGATIVE
     acc = CurvatureAccumulator.for_model(model, nonnegative=nonnegative)
-    content = RecordDict({"arrays": arrays, "config": config})
-    messages = [Message(content, message_type="query.curvature", dst_node_id=n) for n in nodes]
+    content = RecordDict({P.ARRAYS: arrays, P.CONFIG: config})
+    messages = [Message(content, message_type=P.query(P.CURVATURE), dst_node_id=n) for n in nodes]
     refused: list[tuple[int, str]] = []
     received = flops = 0
     for reply in grid.send_and_receive(messages, timeout=timeout):
@@ -117,7 +118,7 @@ def query_curvature(
         try:
             fold_reply(acc, reply, (limits or {}).get(node))
             received += sum(r.count_bytes() for r in reply.content.array_records.values())
-            flops += int(reply.content.metric_records["metrics"].get("flops", 0))
+            flops += int(reply.content.metric_records[P.METRICS].get(P.FLOPS, 0))
         except CurvatureReplyError as exc:
             LOG.warning("curvature reply of node %d refused: %s", node, exc)
             refused.append((node, str(exc)))

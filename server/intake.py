@@ -16,6 +16,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from omegaconf import DictConfig, OmegaConf
 
+from fedunlearn import protocol as P
 from fedunlearn.ledger import Ledger
 from fedunlearn.requests import ForgetRequest, scenario_request
 
@@ -60,8 +61,8 @@ def poll_requests(
     messages = []
     for pid, node in nodes.items():
         keys = (ack or {}).get(pid, [])
-        content = RecordDict({"ack": ConfigRecord({str(i): key for i, key in enumerate(keys)})})
-        messages.append(Message(content, message_type="query.requests", dst_node_id=node))
+        content = RecordDict({P.ACK: ConfigRecord({str(i): key for i, key in enumerate(keys)})})
+        messages.append(Message(content, message_type=P.query(P.REQUESTS), dst_node_id=node))
     found = []
     for reply in grid.send_and_receive(messages, timeout=timeout):
         node = reply.metadata.src_node_id
@@ -70,7 +71,7 @@ def poll_requests(
             continue
         if node not in by_node:  # a reply from a node we did not ask
             continue
-        record = reply.content.config_records.get("requests", ConfigRecord())
+        record = reply.content.config_records.get(P.FOUND, ConfigRecord())
         found.extend((by_node[node], str(key), str(body)) for key, body in record.items())
     return found
 
@@ -147,8 +148,8 @@ def notify_deleted(grid: Grid, nodes: list[int], request: ForgetRequest,
     From then on those nodes refuse curvature queries for this request, so a request
     replayed against deleted data fails cleanly instead of using stale statistics.
     """
-    config = ConfigRecord({"request": request.to_json()})
-    messages = [Message(RecordDict({"config": config}), message_type="query.delete",
+    config = ConfigRecord({P.REQUEST: request.to_json()})
+    messages = [Message(RecordDict({P.CONFIG: config}), message_type=P.query(P.DELETE),
                         dst_node_id=node) for node in nodes]
     for reply in grid.send_and_receive(messages, timeout=timeout):
         if reply.has_error():

@@ -1,110 +1,195 @@
-"""Build an unlearning strategy by name from the config (layer names resolved here)."""
+"""Plan and run the configured unlearning methods for one request.
+
+:func:`plan` turns ``unlearn.methods`` into runs through the registry (each
+method checks its own config section); :func:`make_strategy` builds one run's
+strategy; :class:`Provider` gives each strategy what it declared it ``needs``
+(the model's architecture, the clients' curvature statistics, computed once per
+request); :func:`run_method` lets the strategy run itself and measures the cost.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.serverapp import Grid
 from omegaconf import DictConfig, OmegaConf
 
-from fedunlearn.models import conv_norm_pairs, default_negation_layers, resolve_layers
-from server.training import aggregator
-from strategies import (
-    METHODS,
-    RESET_METHODS,
-    NoT,
-    Settings,
-    Targets,
-    UnlearningStrategy,
-    check_methods,
-)
+from fedunlearn import protocol as P
+from fedunlearn.config import to_payload
+from server.curvature import Curvature, query_curvature
+from server.evaluation import UnlearningEvaluator
+from server.training import TrainOutcome, aggregator
+from strategies import Architecture, Recovery, Targets, UnlearningStrategy, registry
+from strategies.rounds import RoundRecord
 
 LOG = logging.getLogger("fedunlearn")
-
-
-def settings(cfg: DictConfig) -> Settings:
-    """The :class:`Settings` every method reads, from ``cfg.unlearn`` and ``cfg.train``."""
-    un = cfg.unlearn
-    extra = OmegaConf.to_container(un, resolve=True)
-    assert isinstance(extra, dict)
-    return Settings(
-        train_rounds=int(un.retrain_rounds or cfg.train.rounds),
-        recovery_rounds=int(un.recovery_rounds),
-        recovery_lr=float(un.recovery_lr or cfg.train.lr),
-        local_epochs=int(cfg.train.local_epochs),
-        extra=extra,
-    )
-
-
-def negation_layers(cfg: DictConfig, model: torch.nn.Module) -> list[str]:
-    """Parameter names NoT negates: ``unlearn.not.layers`` or the model's default.
-
-    Warns when a convolution and the normalization right after it are both
-    negated, since their negations cancel out (NoT paper, footnote to 5.3).
-    """
-    selectors = cfg.unlearn["not"].layers
-    chosen = list(selectors) if selectors else default_negation_layers(cfg.model.name)
-    names = resolve_layers(model, chosen)
-    for conv, norm in conv_norm_pairs(model, names):
-        LOG.warning("NoT negates %s and the normalization %s after it: "
-                    "their negations cancel out", conv, norm)
-    return names
+StateDict = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """One method run: its report label, the method name and its extra arguments."""
+    """One method run: its report label, its class and its checked constructor options."""
 
     label: str
-    name: str
+    cls: type[UnlearningStrategy]
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def method_specs(cfg: DictConfig) -> list[MethodSpec]:
-    """Expand ``unlearn.methods``: reset methods run once per ``unlearn.tis.gammas``."""
-    check_methods(list(cfg.unlearn.methods))
-    gammas = [float(g) for g in cfg.unlearn.tis.gammas]
-    specs = []
-    for name in cfg.unlearn.methods:
-        if name in RESET_METHODS:
-            specs.extend(MethodSpec(name if len(gammas) == 1 else f"{name}@{g:g}", name,
-                                    {"gamma": g}) for g in gammas)
-        else:
-            specs.append(MethodSpec(name, name))
-    return specs
-
-
-def make_strategy(
-    spec: MethodSpec, cfg: DictConfig, targets: Targets, model: torch.nn.Module,
-    curvature: tuple[dict, dict] | None = None, limits: dict[int, int] | None = None,
-) -> UnlearningStrategy:
-    """The strategy of one method run for one request.
-
-    Parameters
-    ----------
-    curvature : tuple of dicts, optional
-        ``(h, h')`` for the reset methods (TIS, RandomReset).
-    limits : dict of int to int, optional
-        Per node id, the most examples a reply may claim (see ``TrainOutcome.limits``).
+def plan(cfg: DictConfig) -> list[MethodSpec]:
+    """The runs of ``unlearn.methods``, in order (a swept method runs once per value).
 
     Raises
     ------
     ValueError
-        For an unknown method name or layer selector, or a reset method without
-        curvature statistics (one line).
+        An unknown method, or a setting its constructor refuses (one line naming it).
     """
-    check_methods([spec.name])
-    cls = METHODS[spec.name]
-    common = {"targets": targets, "settings": settings(cfg), "seed": int(cfg.seed),
-              "fraction_train": float(cfg.train.fraction_train), "limits": limits,
-              "aggregator": aggregator(cfg)}
-    if cls is NoT:
-        return NoT(**common, negated=negation_layers(cfg, model))
-    if spec.name in RESET_METHODS:
-        if curvature is None:
-            raise ValueError(f"{spec.name} needs the clients' curvature statistics")
-        return cls(**common, curvature=curvature, gamma=float(spec.options["gamma"]),
-                   trim_rounds=int(cfg.unlearn.tis.trim_rounds))
-    return cls(**common)
+    sections = OmegaConf.to_container(cfg.unlearn, resolve=True)
+    assert isinstance(sections, dict)
+    return [MethodSpec(label, cls, opts)
+            for label, cls, opts in registry.plan(list(cfg.unlearn.methods), sections)]
+
+
+def recovery(cfg: DictConfig) -> Recovery:
+    """The settings every method shares, from ``cfg.unlearn`` and ``cfg.train``."""
+    un = cfg.unlearn
+    return Recovery(train_rounds=int(un.retrain_rounds or cfg.train.rounds),
+                    recovery_rounds=int(un.recovery_rounds),
+                    lr=float(un.recovery_lr or cfg.train.lr),
+                    local_epochs=int(cfg.train.local_epochs))
+
+
+def make_strategy(spec: MethodSpec, cfg: DictConfig, targets: Targets,
+                  limits: Mapping[int, int] | None = None) -> UnlearningStrategy:
+    """The strategy of one method run for one request (not yet provided for)."""
+    strategy = spec.cls(targets, recovery(cfg), seed=int(cfg.seed),
+                        fraction_train=float(cfg.train.fraction_train), limits=limits,
+                        aggregator=aggregator(cfg), **spec.options)
+    strategy.label = spec.label
+    return strategy
+
+
+def check_methods_fit(cfg: DictConfig, model: torch.nn.Module) -> None:
+    """Build every planned run and give it the model: what ``run`` would refuse, now.
+
+    Raises
+    ------
+    ValueError
+        One line naming the method's setting (e.g. a layer the model lacks).
+    """
+    arch = Architecture(str(cfg.model.name), model)
+    for spec in plan(cfg):
+        strategy = make_strategy(spec, cfg, Targets([], [], ""))
+        if "model" in spec.cls.needs:
+            strategy.provide({"model": arch})
+
+
+class Provider:
+    """What methods need for one request, each computed at most once.
+
+    Parameters
+    ----------
+    grid, cfg, outcome, targets
+        The federation, the config, the trained model and who holds what.
+    """
+
+    def __init__(self, grid: Grid, cfg: DictConfig, outcome: TrainOutcome,
+                 targets: Targets) -> None:
+        self.grid, self.cfg, self.outcome, self.targets = grid, cfg, outcome, targets
+        self.made: dict[str, Any] = {}
+        self._makers: dict[str, Callable[[], Any]] = {
+            "model": lambda: Architecture(str(cfg.model.name), outcome.evaluator.model),
+            "curvature": self._curvature,
+        }
+
+    def __call__(self, needs: tuple[str, ...]) -> dict[str, Any]:
+        """The provisions for ``needs``, made on first use."""
+        for need in needs:
+            if need not in self.made:
+                self.made[need] = self._makers[need]()
+        return {need: self.made[need] for need in needs}
+
+    def _curvature(self) -> Curvature:
+        """The request's curvature statistics at the trained weights."""
+        settings = self.cfg.unlearn.curvature
+        nodes = sorted(set(self.targets.retain_nodes) | set(self.targets.forget_nodes))
+        config = ConfigRecord({P.PAYLOAD: to_payload(self.cfg),
+                               P.REQUEST: self.targets.request_json})
+        curvature = query_curvature(
+            self.grid, nodes, ArrayRecord(self.outcome.checkpoint.final), config,
+            self.outcome.evaluator.model, str(settings.estimator),
+            min_replies=int(settings.min_replies),
+            timeout=float(self.cfg.train.round_timeout), limits=self.outcome.limits)
+        LOG.info("curvature statistics from %d nodes (%d refused): %.2e bytes, %.1f s",
+                 curvature.replies, len(curvature.refused), curvature.bytes, curvature.seconds)
+        return curvature
+
+
+@dataclass
+class MethodRun:
+    """One method's answer to one request."""
+
+    method: str
+    state: StateDict
+    metrics: dict[str, float]
+    curve: list[dict[str, float]]
+    cost: dict[str, float]
+    refused: list[dict] = field(default_factory=list)
+
+
+def run_method(grid: Grid, cfg: DictConfig, spec: MethodSpec, outcome: TrainOutcome,
+               targets: Targets, evaluator: UnlearningEvaluator,
+               provider: Provider) -> MethodRun:
+    """Build the method's strategy, provide what it needs, let it run; measure the cost.
+
+    The cost counts what the provisions cost too (the curvature statistics).
+    """
+    strategy = make_strategy(spec, cfg, targets, outcome.limits)
+    provisions = provider(spec.cls.needs)
+    strategy.provide({k: ((v.h, v.h_prime) if isinstance(v, Curvature) else v)
+                      for k, v in provisions.items()})
+    curve: list[dict[str, float]] = []
+
+    def on_round(record: RoundRecord) -> None:
+        curve.append({"round": len(curve), "phase": record.phase, "nodes": record.nodes,
+                      **record.evaluation})
+        progress(record)
+
+    curve.append({})  # round 0, filled below from the run's evaluation of the perturbation
+    result = strategy.run(
+        grid, outcome.checkpoint.final, outcome.checkpoint.initial,
+        config=ConfigRecord({P.PAYLOAD: to_payload(cfg)}), evaluate_fn=evaluator,
+        timeout=float(cfg.train.round_timeout), on_round=on_round)
+    curve[0] = {"round": 0, **result.perturbed}
+    records = result.records
+    cm = [r.client_metrics for r in records]
+    cost = {
+        "bytes": sum(m.get(P.BYTES_RECEIVED, 0) + m.get(P.BYTES_SENT, 0) for m in cm),
+        "flops": sum(m.get(P.FLOPS, 0) for m in cm),
+        # Wall time of unlearning itself: evaluation rounds are bookkeeping, not cost.
+        "seconds": result.perturb_seconds + sum(r.seconds - r.eval_seconds for r in records),
+        "rounds": len(records),
+    }
+    refused = [{"round": r, "node": n, "reason": why} for r, n, why in strategy.refused]
+    for provision in provisions.values():
+        if isinstance(provision, Curvature):
+            cost["bytes"] += provision.bytes
+            cost["flops"] += provision.flops
+            cost["seconds"] += provision.seconds
+            refused += [{"round": 0, "node": n, "reason": why} for n, why in provision.refused]
+    metrics = records[-1].evaluation if records else dict(result.perturbed)
+    return MethodRun(spec.label, result.arrays.to_torch_state_dict(),
+                     {**metrics, **strategy.results()}, curve, cost, refused)
+
+
+def progress(record: RoundRecord) -> None:
+    """One progress line for an unlearning round."""
+    ev = record.evaluation
+    LOG.info("[%s] round %d/%d retain %.1f forget %.1f test %.1f MIA %.1f | %.1f s",
+             record.phase, record.round, record.rounds, ev.get("retain", float("nan")),
+             ev.get("forget", float("nan")), ev.get("test", float("nan")),
+             ev.get("mia", float("nan")), record.seconds)

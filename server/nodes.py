@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
+from fedunlearn import protocol as P
+from fedunlearn.errors import UserError
 from strategies.replies import reply_node
 
 
-class FederationError(RuntimeError):
+class FederationError(UserError):
     """The connected nodes do not form the federation the config describes."""
 
 
@@ -79,20 +81,20 @@ def discover_partitions(
 def _ask(grid: Grid, fresh: list[int], num_clients: int, timeout: float,
          config: ConfigRecord | None, nodes: dict[int, int], sizes: dict[int, int]) -> None:
     """Query ``fresh`` nodes for their node info; fill ``nodes`` and ``sizes``."""
-    content = RecordDict({"config": config} if config is not None else {})
-    messages = [Message(content, message_type="query.nodeinfo", dst_node_id=n) for n in fresh]
+    content = RecordDict({P.CONFIG: config} if config is not None else {})
+    messages = [Message(content, message_type=P.query(P.NODEINFO), dst_node_id=n) for n in fresh]
     for reply in grid.send_and_receive(messages, timeout=timeout):
         node = reply_node(reply, messages)
         if reply.has_error():
             raise FederationError(f"node {node} did not report its partition: "
                                   f"{reply.error.reason}")
-        info = reply.content.config_records["info"]
-        pid = int(info["partition-id"])
+        info = reply.content.config_records[P.INFO]
+        pid = int(info[P.PARTITION_ID])
         if pid in nodes:
             raise FederationError(f"nodes {nodes[pid]} and {node} both hold partition {pid}")
         if not 0 <= pid < num_clients:
             raise FederationError(f"node {node} holds partition {pid}, beyond "
                                   f"num_clients={num_clients}")
         nodes[pid] = node
-        if int(info.get("num-train-examples", -1)) >= 0:
-            sizes[pid] = int(info["num-train-examples"])
+        if int(info.get(P.NUM_TRAIN_EXAMPLES, -1)) >= 0:
+            sizes[pid] = int(info[P.NUM_TRAIN_EXAMPLES])

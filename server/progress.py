@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from server.rounds import RoundRecord
+from strategies.rounds import RoundRecord
 
 LOG = logging.getLogger("fedunlearn")
 

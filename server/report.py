@@ -1,4 +1,4 @@
-"""Tie the unlearning phase to the ledger and the report folder."""
+"""The unlearning report of a run: Markdown, JSON and plots, with how they were made."""
 
 from __future__ import annotations
 
@@ -8,32 +8,18 @@ import sys
 import time
 from pathlib import Path
 
-from flwr.serverapp import Grid
 from omegaconf import DictConfig, OmegaConf
 
 from fedunlearn.evaluation import write_report
-from fedunlearn.ledger import Ledger
-from server.intake import take_requests
-from server.training import TrainOutcome
-from server.unlearning import answer_requests
 
 LOG = logging.getLogger("fedunlearn")
 
 
-def ledger_path(cfg: DictConfig, out_dir: Path) -> Path:
-    """The ledger file: ``unlearn.ledger``, relative paths under the run folder."""
-    path = Path(str(cfg.unlearn.ledger))
-    return path if path.is_absolute() else out_dir / path
+def report(cfg: DictConfig, out_dir: Path, rows: list[dict], curves: list[dict]) -> dict:
+    """Write ``report.md``, ``results.json`` and the curves' PNGs for ``rows`` and ``curves``.
 
-
-def report_requests(grid: Grid, cfg: DictConfig, outcome: TrainOutcome, out_dir: Path) -> dict:
-    """Take requests into the ledger, answer them, write ``report.md``, JSON and plots."""
-    with Ledger(ledger_path(cfg, out_dir)) as ledger:
-        take_requests(grid, cfg, outcome.nodes, ledger)
-        rows, curves = answer_requests(grid, cfg, outcome, out_dir, ledger)
-    if not rows:
-        LOG.info("no request to answer")
-        return {}
+    The report names the command, the config, the machine and the date it came from.
+    """
     meta = {
         "command": " ".join(sys.argv),
         "config": OmegaConf.to_container(cfg, resolve=True),

@@ -13,14 +13,13 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from omegaconf import DictConfig, OmegaConf
 
-from client.node import PAYLOAD_KEY
+from fedunlearn import protocol as P
 from fedunlearn.config import fingerprint, to_payload, training_view
 from fedunlearn.federation import Federation, build_federation, configured_model
 from server.central import CentralEvaluator
 from server.checkpoint import Checkpoint, cache_path, cached
 from server.nodes import Roster, discover_partitions
 from server.progress import RunLog
-from server.rounds import run_rounds
 from strategies.fedavg import FederatedAveraging
 from strategies.robust import make_aggregator
 
@@ -60,7 +59,7 @@ def train_global(grid: Grid, cfg: DictConfig, out_dir: Path) -> TrainOutcome:
     started = time.perf_counter()
     federation = build_federation(cfg)
     timeout = float(cfg.train.round_timeout)
-    payload = ConfigRecord({PAYLOAD_KEY: to_payload(cfg)})
+    payload = ConfigRecord({P.PAYLOAD: to_payload(cfg)})
     roster = discover_partitions(grid, int(cfg.num_clients), float(cfg.train.node_timeout),
                                  payload)
     nodes = roster.nodes
@@ -83,13 +82,12 @@ def train_global(grid: Grid, cfg: DictConfig, out_dir: Path) -> TrainOutcome:
             aggregator=aggregator(cfg),
         )
         run_log = RunLog(out_dir)
-        final = run_rounds(
+        final = strategy.run_rounds(
             grid,
-            strategy,
             ArrayRecord(initial),
             rounds=int(cfg.train.rounds),
-            config=ConfigRecord({PAYLOAD_KEY: to_payload(cfg), "phase": "train"}),
-            evaluate=evaluator,
+            config=ConfigRecord({P.PAYLOAD: to_payload(cfg), P.PHASE: "train"}),
+            evaluate_fn=evaluator,
             timeout=timeout,
             phase="train",
             on_round=run_log,
@@ -108,7 +106,7 @@ def train_global(grid: Grid, cfg: DictConfig, out_dir: Path) -> TrainOutcome:
             LOG.warning("training refused %d replies: the model is not reused from the cache",
                         len(ckpt.refused))
     ckpt.save(out_dir / "global.pt")
-    accuracy = evaluator(ArrayRecord(ckpt.final))["test_accuracy"]
+    accuracy = float(evaluator(0, ArrayRecord(ckpt.final))["test_accuracy"])
     seconds = time.perf_counter() - started
     summary = {
         "fingerprint": key,

@@ -1,45 +1,37 @@
 """Server-side strategies: one small class per idea, on Flower's Message API.
 
-:data:`METHODS` maps the method names used in ``conf/unlearn`` to their classes.
+Every module of this package is imported here, so that each unlearning method
+registers itself by being defined (:mod:`strategies.registry`): adding a method
+is adding its file, its YAML (``conf/unlearn/method/``) and its test.
 """
 
-from strategies.ascent import GradientAscent, GradientDescentAscent
+import importlib
+import pkgutil
+
 from strategies.fedavg import FederatedAveraging
-from strategies.finetune import FineTune
-from strategies.negation import NoT
-from strategies.reset import RandomReset, TargetedReset
-from strategies.retrain import Retrain
-from strategies.unlearning import Phase, Settings, Targets, UnlearningStrategy
+from strategies.registry import METHODS, check_methods
+from strategies.unlearning import (
+    NEEDS,
+    Architecture,
+    Phase,
+    Recovery,
+    RunResult,
+    Targets,
+    UnlearningStrategy,
+)
 
-METHODS: dict[str, type[UnlearningStrategy]] = {
-    cls.name: cls
-    for cls in (Retrain, FineTune, NoT, GradientAscent, GradientDescentAscent, TargetedReset,
-                RandomReset)
-}
-# Methods that need the clients' curvature statistics and a gamma.
-RESET_METHODS = (TargetedReset.name, RandomReset.name)
-
-
-def check_methods(names: list[str]) -> None:
-    """Raise a one-line ValueError for a method name that is not in :data:`METHODS`."""
-    unknown = [n for n in names if n not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown unlearning method(s) {unknown}; known: {', '.join(METHODS)}")
-
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith(("test_", "conftest", "_")):
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "METHODS",
-    "RESET_METHODS",
+    "NEEDS",
+    "Architecture",
     "FederatedAveraging",
-    "FineTune",
-    "GradientAscent",
-    "GradientDescentAscent",
-    "NoT",
     "Phase",
-    "RandomReset",
-    "Retrain",
-    "Settings",
-    "TargetedReset",
+    "Recovery",
+    "RunResult",
     "Targets",
     "UnlearningStrategy",
     "check_methods",

@@ -6,26 +6,60 @@ then run FedAvg recovery on retained data. The loss is capped and gradients
 clipped on the clients, so that no run ends in NaN.
 """
 
-from strategies.unlearning import Phase, UnlearningStrategy
+from __future__ import annotations
+
+from typing import Any
+
+from fedunlearn import protocol as P
+from strategies.unlearning import Phase, Targets, UnlearningStrategy
 
 
 class GradientAscent(UnlearningStrategy):
-    """GA: ``ga.rounds`` ascent rounds on the forget nodes, then recovery."""
+    """GA: ``rounds`` ascent rounds on the forget nodes, then recovery.
+
+    Parameters
+    ----------
+    rounds : int
+        Rounds of ascent (>= 0).
+    lr : float
+        Learning rate of the ascent (> 0).
+    local_epochs : int
+        Local epochs per ascent round (>= 1).
+    grad_clip : float
+        Gradient-norm clip (> 0; 0 disables it).
+    """
 
     name = "GA"
     section = "ga"
+    #: The client behaviour of the ascent rounds (client/modes.py) and its data.
+    mode, data = "ascent", "forget"
 
-    def _order(self, mode: str, data: str) -> dict:
-        knobs = self.settings.extra[self.section]
-        return {"data": data, "mode": mode, "lr": float(knobs["lr"]),
-                "epochs": int(knobs["local_epochs"]), "grad-clip": float(knobs["grad_clip"]),
-                "request": self.targets.request_json}
+    def __init__(self, targets: Targets, *args: Any, rounds: int = 1, lr: float = 0.01,
+                 local_epochs: int = 1, grad_clip: float = 1.0, **base: Any) -> None:
+        super().__init__(targets, *args, **base)
+        where = f"unlearn.{self.section}"
+        if rounds < 0:
+            raise ValueError(f"{where}.rounds must be >= 0, got {rounds}")
+        if lr <= 0:
+            raise ValueError(f"{where}.lr must be > 0, got {lr}")
+        if local_epochs < 1:
+            raise ValueError(f"{where}.local_epochs must be >= 1, got {local_epochs}")
+        if grad_clip < 0:
+            raise ValueError(f"{where}.grad_clip must be >= 0, got {grad_clip}")
+        self.rounds, self.lr = rounds, lr
+        self.local_epochs, self.grad_clip = local_epochs, grad_clip
+
+    def ascent_nodes(self) -> list[int]:
+        """The nodes of the ascent rounds: those holding forget data."""
+        return self.targets.forget_nodes
 
     def phases(self) -> list[Phase]:
         """Ascent on forget data of the forget nodes, then FedAvg recovery."""
-        rounds = int(self.settings.extra[self.section]["rounds"])
-        ascent = Phase("ascent", rounds, self.targets.forget_nodes, self._order("ascent", "forget"))
-        return [ascent, self.recovery(self.settings.recovery_rounds)]
+        order = {P.DATA: self.data, P.MODE: self.mode, P.LR: self.lr,
+                 P.EPOCHS: self.local_epochs, P.GRAD_CLIP: self.grad_clip,
+                 P.REQUEST: self.targets.request_json}
+        first = Phase(self.mode, self.rounds, self.ascent_nodes(), order)
+        return [first, self.recovery(self.recovery_settings.recovery_rounds)]
 
 
 class GradientDescentAscent(GradientAscent):
@@ -33,10 +67,8 @@ class GradientDescentAscent(GradientAscent):
 
     name = "GDA"
     section = "gda"
+    mode, data = "gda", "all"
 
-    def phases(self) -> list[Phase]:
-        """Alternating ascent/descent on all involved nodes, then FedAvg recovery."""
-        rounds = int(self.settings.extra[self.section]["rounds"])
-        nodes = sorted(set(self.targets.retain_nodes) | set(self.targets.forget_nodes))
-        gda = Phase("gda", rounds, nodes, self._order("gda", "all"))
-        return [gda, self.recovery(self.settings.recovery_rounds)]
+    def ascent_nodes(self) -> list[int]:
+        """Every node holding forget or retained data."""
+        return sorted(set(self.targets.retain_nodes) | set(self.targets.forget_nodes))

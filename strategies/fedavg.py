@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Iterable, Mapping, Sequence
 
 from flwr.app import (
@@ -22,12 +23,11 @@ from flwr.app import (
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from fedunlearn import protocol as P
 from strategies.replies import Signature, check_train_reply, reply_node, signature
+from strategies.rounds import EvaluateFn, OnRound, RoundError, RoundRecord
 
-# Extensive client metrics: their federation total is the sum, not a weighted mean.
 LOG = logging.getLogger("fedunlearn")
-
-SUMMED_METRICS = ("num-examples", "flops", "bytes-received", "bytes-sent", "train-seconds")
 
 
 def aggregate_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
@@ -45,7 +45,7 @@ def aggregate_metrics(records: list[RecordDict], weight_key: str) -> MetricRecor
     out = MetricRecord()
     for key in metric_records[0].keys():
         values = [m[key] for m in metric_records if key in m]
-        if key in SUMMED_METRICS:
+        if key in P.SUMMED_METRICS:
             out[key] = sum(values)
         else:
             weights = [float(m[weight_key]) for m in metric_records if key in m]
@@ -159,3 +159,67 @@ class FederatedAveraging(FedAvg):
         else:
             arrays, _ = self.aggregator.aggregate_train(server_round, usable)
         return arrays, metrics
+
+    def run_rounds(
+        self,
+        grid: Grid,
+        arrays: ArrayRecord,
+        *,
+        rounds: int,
+        config: ConfigRecord,
+        evaluate_fn: EvaluateFn | None,
+        timeout: float,
+        phase: str,
+        on_round: OnRound | None = None,
+    ) -> ArrayRecord:
+        """Run ``rounds`` rounds from ``arrays``; return the global model after the last.
+
+        Parameters
+        ----------
+        grid : Grid
+            Flower's grid.
+        arrays : ArrayRecord
+            The global model to start from.
+        rounds : int
+            Number of rounds.
+        config : ConfigRecord
+            Sent to the clients with every training message (a copy per round).
+        evaluate_fn : callable, optional
+            Central evaluation after each round, Flower's ``(server_round, arrays)``.
+        timeout : float
+            Seconds to wait for one round's replies.
+        phase : str
+            Name recorded with each round (``"train"``, ``"NoT:recovery"`` ...).
+        on_round : callable, optional
+            Receives each round's :class:`~strategies.rounds.RoundRecord`.
+
+        Raises
+        ------
+        RoundError
+            When a round gets no usable reply (the last good model is not replaced).
+        """
+        for rnd in range(1, rounds + 1):
+            started = time.perf_counter()
+            refused_before = len(self.refused)
+            messages = list(self.configure_train(rnd, arrays, ConfigRecord(dict(config)), grid))
+            replies = grid.send_and_receive(messages, timeout=timeout)
+            new_arrays, metrics = self.aggregate_train(rnd, replies)
+            refused = self.refused[refused_before:]
+            if new_arrays is None:
+                reasons = "; ".join(f"node {node}: {why}" for _, node, why in refused[:3])
+                raise RoundError(f"{phase} round {rnd}: no usable reply from {len(messages)} "
+                                 f"node(s){': ' + reasons if reasons else ''}")
+            arrays = new_arrays
+            eval_started = time.perf_counter()
+            evaluation = evaluate_fn(rnd, arrays) if evaluate_fn else None
+            finished = time.perf_counter()
+            record = RoundRecord(
+                phase=phase, round=rnd, rounds=rounds, nodes=len(messages),
+                refused=len(refused), seconds=finished - started,
+                eval_seconds=finished - eval_started,
+                client_metrics={k: float(v) for k, v in (metrics or {}).items()},
+                evaluation=dict(evaluation or {}),
+            )
+            if on_round:
+                on_round(record)
+        return arrays

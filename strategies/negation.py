@@ -1,15 +1,20 @@
 """NoT: negate chosen layers of the trained model, then fine-tune on retained data.
 
 theta' = -theta_l for l in L_neg, theta_l otherwise (NoT paper, Section 4 and
-Algorithm 1); the default L_neg is the first layer (weight and bias).
+Algorithm 1), then FedAvg on retained data only. The default L_neg is the
+model's default negation layer (the first layer; ViT: ``conv_proj``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from strategies.unlearning import Settings, StateDict, Targets, UnlearningStrategy
+from fedunlearn.models import conv_norm_pairs, default_negation_layers, resolve_layers
+from strategies.unlearning import StateDict, Targets, UnlearningStrategy
+
+LOG = logging.getLogger("fedunlearn")
 
 
 def negate(state: StateDict, names: Sequence[str]) -> StateDict:
@@ -32,20 +37,38 @@ class NoT(UnlearningStrategy):
 
     Parameters
     ----------
-    negated : sequence of str
-        Parameter names to negate (resolved from layer selectors by the caller).
+    layers : list of int or str, optional
+        Layer selectors (indices into the model's layers, module or parameter
+        names; see :func:`fedunlearn.models.resolve_layers`); None: the model's
+        default. Resolved to parameter names when the model is provided.
     """
 
     name = "NoT"
+    section = "not"
+    needs = ("model",)
 
-    def __init__(self, targets: Targets, settings: Settings, seed: int = 0,
-                 fraction_train: float = 1.0, *, negated: Sequence[str],
+    def __init__(self, targets: Targets, *args: Any, layers: list[int | str] | None = None,
                  **base: Any) -> None:
-        super().__init__(targets, settings, seed, fraction_train, **base)
-        if not negated:
-            raise ValueError("NoT needs at least one layer to negate")
-        self.negated = list(negated)
+        super().__init__(targets, *args, **base)
+        if layers is not None and not layers:
+            raise ValueError("unlearn.not.layers is empty; give at least one layer or null")
+        self.layers = layers
+        self.negated: list[str] = []
+
+    def provide(self, provisions: Mapping[str, Any]) -> None:
+        """Resolve the layer selectors on the model; warn when a negation cancels out."""
+        arch = provisions["model"]
+        selectors = self.layers or default_negation_layers(arch.name)
+        try:
+            self.negated = resolve_layers(arch.module, selectors)
+        except ValueError as exc:
+            raise ValueError(f"unlearn.not.layers: {exc}") from exc
+        for conv, norm in conv_norm_pairs(arch.module, self.negated):
+            LOG.warning("NoT negates %s and the normalization %s after it: "
+                        "their negations cancel out", conv, norm)
 
     def perturb(self, trained: StateDict, initial: StateDict) -> StateDict:
         """Negate the chosen parameters of the trained model."""
+        if not self.negated:
+            raise ValueError("NoT has no layers to negate: provide the model first")
         return negate(trained, self.negated)

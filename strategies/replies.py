@@ -15,6 +15,8 @@ import numpy as np
 from flwr.app import ArrayRecord, Message
 from flwr.common.constant import SUPERLINK_NODE_ID
 
+from fedunlearn import protocol as P
+
 Signature = dict[str, tuple[tuple[int, ...], str]]
 
 
@@ -45,7 +47,7 @@ def reply_node(reply: Message, sent: Iterable[Message]) -> int:
 
 
 def check_metrics(
-    msg: Message, weight_key: str, metrics_key: str = "metrics", limit: int | None = None
+    msg: Message, weight_key: str, metrics_key: str = P.METRICS, limit: int | None = None
 ) -> str | None:
     """Return why the MetricRecord of ``msg`` is unusable, or ``None`` when it is fine.
 
@@ -74,8 +76,8 @@ def check_metrics(
 def check_train_reply(
     msg: Message,
     expected: Signature,
-    weight_key: str = "num-examples",
-    arrays_key: str = "arrays",
+    weight_key: str = P.NUM_EXAMPLES,
+    arrays_key: str = P.ARRAYS,
     limit: int | None = None,
 ) -> str | None:
     """Return why a training reply must be refused, or ``None`` when it is usable.

@@ -5,7 +5,7 @@ baseline; optional TRIM recovery in which only the reset entries may change.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -13,8 +13,9 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
-from fedunlearn.unlearning.tis import random_mask, reset, select, tis_scores
-from strategies.unlearning import Phase, Settings, StateDict, Targets, UnlearningStrategy
+from fedunlearn import protocol as P
+from fedunlearn.unlearning.tis import random_mask, reset, reset_fraction, select, tis_scores
+from strategies.unlearning import Phase, StateDict, Targets, UnlearningStrategy
 
 Mask = dict[str, torch.Tensor]
 
@@ -22,41 +23,66 @@ Mask = dict[str, torch.Tensor]
 class TargetedReset(UnlearningStrategy):
     """TIS: per layer, reset the smallest highest-TIS set holding ``gamma`` of its TIS.
 
+    The clients' curvature statistics ``(h, h')`` (paper Eq. 30) are provided by
+    the server before the run (``needs = ("curvature",)``).
+
     Parameters
     ----------
-    curvature : tuple of dicts
-        ``(h, h')`` aggregated from the clients' curvature replies (paper Eq. 30).
     gamma : float
-        Share in [0, 1] of each layer's total TIS to reset.
+        Share in (0, 1] of each layer's total TIS to reset. The config's
+        ``unlearn.tis.gammas`` makes one run per value (:meth:`variants`).
     trim_rounds : int
         TRIM recovery rounds on retained data in which only the reset entries train
         (0: reset only).
     """
 
     name = "TIS"
+    section = "tis"
+    needs = ("curvature",)
 
-    def __init__(self, targets: Targets, settings: Settings, seed: int = 0,
-                 fraction_train: float = 1.0, *, curvature: tuple[StateDict, StateDict],
-                 gamma: float, trim_rounds: int = 0,
+    def __init__(self, targets: Targets, *args: Any, gamma: float = 0.7, trim_rounds: int = 0,
                  **base: Any) -> None:
-        super().__init__(targets, settings, seed, fraction_train, **base)
-        if not 0.0 <= gamma <= 1.0:
-            raise ValueError(f"gamma must be in [0, 1], got {gamma}")
-        self.h, self.h_prime = curvature
+        super().__init__(targets, *args, **base)
+        if not 0.0 < gamma <= 1.0:
+            raise ValueError(f"unlearn.tis.gammas must hold values in (0, 1], got {gamma}")
+        if trim_rounds < 0:
+            raise ValueError(f"unlearn.tis.trim_rounds must be >= 0, got {trim_rounds}")
         self.gamma = gamma
         self.trim_rounds = trim_rounds
+        self.h: StateDict = {}
+        self.h_prime: StateDict = {}
         self.mask: Mask = {}
         self._previous: ArrayRecord | None = None
 
+    @classmethod
+    def variants(cls, options: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        """One run per value of ``gammas``, labelled ``TIS@0.7`` when there are several."""
+        rest = dict(options)
+        gammas = rest.pop("gammas", [0.7])
+        if isinstance(gammas, str) or not isinstance(gammas, list | tuple) or not gammas:
+            raise ValueError(f"unlearn.tis.gammas must be a non-empty list, got {gammas!r}")
+        return [(cls.name if len(gammas) == 1 else f"{cls.name}@{g:g}", {**rest, "gamma": g})
+                for g in gammas]
+
+    def provide(self, provisions: Mapping[str, Any]) -> None:
+        """Take the aggregated curvature statistics ``(h, h')``."""
+        self.h, self.h_prime = provisions["curvature"]
+
+    def results(self) -> dict[str, float]:
+        """gamma and the share of entries reset (after :meth:`perturb`)."""
+        return {"gamma": self.gamma, "reset_fraction": reset_fraction(self.mask)}
+
     def choose(self) -> Mask:
         """The entries to reset: :func:`select` of the TIS scores at ``gamma``."""
+        if not self.h:
+            raise ValueError(f"{self.name} has no curvature statistics: provide them first")
         return select(tis_scores(self.h, self.h_prime), self.gamma)
 
     def perturb(self, trained: StateDict, initial: StateDict) -> StateDict:
         """Reset the chosen entries to their initial values; keep every other entry."""
         self.mask = self.choose()
         # TRIM's clients train only these entries; the mask rides with every message.
-        self.extra_records = {"mask": ArrayRecord(
+        self.extra_records = {P.MASK: ArrayRecord(
             {k: Array(v.to(torch.uint8).numpy()) for k, v in self.mask.items()})}
         return reset(trained, initial, self.mask)
 

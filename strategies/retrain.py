@@ -14,4 +14,4 @@ class Retrain(UnlearningStrategy):
 
     def phases(self) -> list[Phase]:
         """``train_rounds`` rounds on retained data."""
-        return [self.recovery(self.settings.train_rounds, name="retrain")]
+        return [self.recovery(self.recovery_settings.train_rounds, name="retrain")]

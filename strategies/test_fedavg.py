@@ -5,16 +5,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from strategies.fedavg import FederatedAveraging, aggregate_metrics
-
-
-class FakeGrid:
-    """Only what configure_train reads from a Grid: the connected node ids."""
-
-    def __init__(self, nodes):
-        self.nodes = nodes
-
-    def get_node_ids(self):
-        return list(self.nodes)
+from tests.fakes import FakeGrid
 
 
 def record(**named):

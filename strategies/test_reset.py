@@ -1,18 +1,23 @@
 """TIS and Random Reset strategies on built inputs: reset, counts, TRIM's guarantee."""
 
 import numpy as np
+import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from strategies import RandomReset, Settings, TargetedReset, Targets
+from strategies import Recovery, Targets
+from strategies.reset import RandomReset, TargetedReset
+from tests.fakes import FakeGrid
 
 TARGETS = Targets(retain_nodes=[2, 3], forget_nodes=[1], request_json="{}")
-SETTINGS = Settings(train_rounds=5, recovery_rounds=2, recovery_lr=0.01, local_epochs=1)
+RECOVERY = Recovery(train_rounds=5, recovery_rounds=2, lr=0.01, local_epochs=1)
 
 
-class FakeGrid:
-    def get_node_ids(self):
-        return [1, 2, 3]
+def made(cls, **options):
+    """A reset strategy given its curvature statistics, as the server provides them."""
+    strategy = cls(TARGETS, RECOVERY, **options)
+    strategy.provide({"curvature": curvature()})
+    return strategy
 
 
 def curvature():
@@ -30,7 +35,7 @@ def states():
 
 
 def test_tis_resets_its_mask_to_initial_values_only():
-    strategy = TargetedReset(TARGETS, SETTINGS, curvature=curvature(), gamma=0.5)
+    strategy = made(TargetedReset, gamma=0.5)
     trained, initial = states()
     out = strategy.perturb(trained, initial)
     for name, mask in strategy.mask.items():
@@ -42,8 +47,8 @@ def test_tis_resets_its_mask_to_initial_values_only():
 
 
 def test_random_reset_has_the_same_counts_elsewhere():
-    tis = TargetedReset(TARGETS, SETTINGS, curvature=curvature(), gamma=0.5, seed=3)
-    rnd = RandomReset(TARGETS, SETTINGS, curvature=curvature(), gamma=0.5, seed=3)
+    tis = made(TargetedReset, gamma=0.5, seed=3)
+    rnd = made(RandomReset, gamma=0.5, seed=3)
     tis.perturb(*states())
     rnd.perturb(*states())
     for name in tis.mask:
@@ -59,13 +64,12 @@ def reply(msg, w, b):
 
 
 def test_trim_keeps_every_unmasked_entry_bit_identical():
-    strategy = TargetedReset(TARGETS, SETTINGS, curvature=curvature(), gamma=0.5,
-                             trim_rounds=2)
+    strategy = made(TargetedReset, gamma=0.5, trim_rounds=2)
     trained, initial = states()
     start = strategy.perturb(trained, initial)
     (phase,) = strategy.phases()
     assert phase.name == "trim" and phase.rounds == 2 and phase.participants == [2, 3]
-    strategy.participants = phase.participants
+    strategy.phase, strategy.participants = phase, phase.participants
     arrays = ArrayRecord({k: Array(v.numpy()) for k, v in start.items()})
     messages = list(strategy.configure_train(1, arrays, ConfigRecord(), FakeGrid()))
     sent_mask = messages[0].content.array_records["mask"]
@@ -80,3 +84,15 @@ def test_trim_keeps_every_unmasked_entry_bit_identical():
         assert torch.equal(got[~mask], start[name][~mask])  # bit-identical
         if mask.any():
             assert not torch.equal(got[mask], start[name][mask])  # the reset entries train
+
+
+def test_gammas_make_one_run_each():
+    runs = TargetedReset.variants({"gammas": [0.5, 0.7], "trim_rounds": 1})
+    assert runs == [("TIS@0.5", {"gamma": 0.5, "trim_rounds": 1}),
+                    ("TIS@0.7", {"gamma": 0.7, "trim_rounds": 1})]
+    assert RandomReset.variants({"gammas": [0.7]}) == [("RandomReset", {"gamma": 0.7})]
+
+
+def test_a_reset_without_statistics_is_refused():
+    with pytest.raises(ValueError, match="no curvature statistics"):
+        TargetedReset(TARGETS, RECOVERY).perturb(*states())

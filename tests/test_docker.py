@@ -61,9 +61,19 @@ def test_every_service_builds_the_one_image(compose: dict) -> None:
     assert len(images) == 1
 
 
+def _superlink_command(link: dict) -> tuple[str, list[str]]:
+    """The superlink's shell preparation and the argv it execs."""
+    argv = _argv(link)
+    assert argv[:2] == ["sh", "-c"], argv
+    prepare, _, command = argv[2].partition("&& exec ")
+    assert command, argv[2]
+    return prepare, shlex.split(command)
+
+
 def test_superlink(compose: dict) -> None:
     link = compose["services"]["superlink"]
-    argv = _argv(link)
+    prepare, argv = _superlink_command(link)
+    assert subprocess.run(["sh", "-n", "-c", _argv(link)[2]]).returncode == 0  # valid sh
     assert argv[0] == "flower-superlink"
     assert "--insecure" in argv
     assert "--disable-runtime-dependency-installation" in argv
@@ -71,6 +81,22 @@ def test_superlink(compose: dict) -> None:
     assert _option(argv, "--port") == LINK.split(":")[1]
     assert "9091" in " ".join(link["healthcheck"]["test"])
     assert any(v.startswith("outputs:") for v in link["volumes"])
+    # Its state is a database on a volume of its own, created private (umask 077: folder
+    # 0700, file 0600) before the SuperLink opens it.
+    database = Path(_option(argv, "--database"))
+    mounts = dict(volume.split(":", 1) for volume in link["volumes"])
+    holding = [source for source, target in mounts.items() if database.is_relative_to(target)]
+    assert len(holding) == 1 and holding[0] in compose["volumes"], holding
+    assert holding[0] != "outputs"  # the submit container mounts outputs, not the state
+    assert prepare.startswith("(umask 077 &&")
+    assert f"mkdir -p {database.parent}" in prepare and f"touch {database}" in prepare
+
+
+def test_restart_policies(compose: dict) -> None:
+    services = compose["services"]
+    for name in ("superlink", *_supernodes(compose)):
+        assert services[name]["restart"] == "unless-stopped", name
+    assert services["submit"]["restart"] == "no"  # a one-shot job must not loop
 
 
 def test_supernodes(compose: dict) -> None:
@@ -100,7 +126,7 @@ def test_supernodes(compose: dict) -> None:
 
 
 def test_submit(compose: dict) -> None:
-    from fedunlearn.runtime import deployment
+    from fedunlearn.runtime import flwr_cli
 
     submit = compose["services"]["submit"]
     assert set(submit["depends_on"]) == {"superlink", *_supernodes(compose)}
@@ -111,8 +137,8 @@ def test_submit(compose: dict) -> None:
     assert f'"{LINK}"' in script
     # It drives `flwr run` / `flwr ls` through the functions the local deployment uses.
     for name in ("write_connection", "submit"):
-        assert f"{name}(" in script and callable(getattr(deployment, name))
-    assert deployment.APP_DIR == ROOT  # `flwr run /app` in the image: the repo root
+        assert f"{name}(" in script and callable(getattr(flwr_cli, name))
+    assert flwr_cli.APP_DIR == ROOT  # `flwr run /app` in the image: the repo root
     # It sets every key of the app's run config (pyproject.toml), and no other.
     app_config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
     run_config = re.search(r"run_config = (\{.*\})", script)
@@ -130,7 +156,7 @@ def test_submit(compose: dict) -> None:
 def test_submit_script_runs(compose: dict, tmp_path: Path, monkeypatch, capsys,
                             status: str) -> None:
     """Run the script with `flwr` replaced: connection file, run config, exit code."""
-    from fedunlearn.runtime import deployment
+    from fedunlearn.runtime import flwr_cli
 
     calls = []
 
@@ -138,7 +164,7 @@ def test_submit_script_runs(compose: dict, tmp_path: Path, monkeypatch, capsys,
         calls.append((home, run_config, connection))
         return 7, status
 
-    monkeypatch.setattr(deployment, "submit", fake_submit)
+    monkeypatch.setattr(flwr_cli, "submit", fake_submit)
     monkeypatch.setenv("FLWR_HOME", str(tmp_path))
     monkeypatch.setenv("OVERRIDES", "num_clients=2 train.rounds=1")
     monkeypatch.setenv("JOB", "train")

@@ -15,7 +15,7 @@ def test_tis_and_random_reset_with_trim(fedunlearn_cmd, tmp_path):
          "model=cnn_nonorm", "train.rounds=3", "runtime.num_cpus=2",
          "unlearn.methods=[Retrain,TIS,RandomReset]", "unlearn.retrain_rounds=3",
          "unlearn.tis.gammas=[0.5,0.9]", "unlearn.tis.trim_rounds=1",
-         "unlearn.tis.estimator=diag_ggn_exact", f"cache_dir={tmp_path / 'cache'}",
+         "unlearn.curvature.estimator=diag_ggn_exact", f"cache_dir={tmp_path / 'cache'}",
          f"hydra.run.dir={tmp_path / 'out'}"],
         capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]

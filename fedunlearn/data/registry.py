@@ -25,14 +25,18 @@ import torch
 import torch.nn.functional as F
 
 from fedunlearn.data.images import DatasetSplits, ImageData
+from fedunlearn.errors import UserError
 
 _CALTECH_DEFAULT_SIZE = 64
 # Images are resized in chunks so that the float32 intermediate stays small.
 _RESIZE_CHUNK = 1024
 
 
-class DatasetNotFoundError(FileNotFoundError):
-    """A data set's files are not under its root (and could not be downloaded)."""
+class DatasetNotFoundError(UserError, FileNotFoundError):
+    """A data set's files are not under its root (and could not be downloaded).
+
+    Still a FileNotFoundError: that is what it is, for callers of the data layer.
+    """
 
 
 class _Arrays(NamedTuple):

@@ -1,0 +1,140 @@
+"""``fedunlearn forget``: record a request to forget some of this client's data.
+
+Run on a client machine: the request goes into the client's
+:class:`~fedunlearn.outbox.Outbox`, and the ClientApp sends it to the server
+with its next reply. The command checks the request's shape and bounds, and that
+``--client`` is the partition of the node that owns the outbox once the ClientApp
+has recorded it (:meth:`~fedunlearn.outbox.Outbox.partition`); whether the
+request can be carried out is the server's to decide. ``--cancel ID`` removes a
+request that has not been sent yet.
+
+This module imports neither torch nor the data layer: the command starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from fedunlearn.errors import UserError, report
+from fedunlearn.outbox import Outbox, OutboxError
+from fedunlearn.requests import KINDS, ForgetRequest, new_request_id
+
+__all__ = ["PROG", "forget_command"]
+
+PROG = "fedunlearn forget"
+
+
+class _UsageError(UserError):
+    """A command-line error (argparse's, or a missing argument)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # argparse prints the usage and the message on several lines: we want one.
+        raise _UsageError(message)
+
+
+def _id_list(text: str) -> tuple[int, ...]:
+    try:
+        # Bounds are ForgetRequest's (below 2^63); parsing only needs integers.
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated sample ids like 1,2,3, got '{text}'"
+        ) from None
+
+
+def _parser() -> _Parser:
+    parser = _Parser(
+        prog=PROG,
+        allow_abbrev=False,
+        description="Record a request to forget some of this client's data; the ClientApp "
+        "sends it to the server with its next reply. Prints the request id. "
+        "With --cancel ID, remove a request that has not been sent yet.",
+    )
+    parser.add_argument("--outbox", required=True, type=Path, help="the client's outbox file")
+    parser.add_argument("--cancel", metavar="ID", help="remove this unsent request instead")
+    parser.add_argument("--client", type=int, help="this client's partition id")
+    parser.add_argument("--kind", choices=KINDS, help="what to forget")
+    parser.add_argument("--class", dest="cls", type=int, help="class to forget (kind class)")
+    parser.add_argument("--ids", type=_id_list, help="sample ids to forget (kind instance)")
+    parser.add_argument(
+        "--fraction", type=float, help="share of this client's samples (kind instance)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fraction draw")
+    return parser
+
+
+def forget_command(argv: list[str]) -> int:
+    """``fedunlearn forget``: add a request for this client's data to its outbox.
+
+    ``fedunlearn forget --outbox PATH --client K --kind KIND [--class C]
+    [--ids 1,2,3] [--fraction F] [--seed S]``. Kind ``class`` needs ``--class``;
+    kind ``instance`` needs one of ``--ids`` and ``--fraction`` (a fraction of
+    this client's own samples); kinds ``client`` and ``backdoor`` take neither.
+    ``fedunlearn forget --outbox PATH --cancel ID`` removes an unsent request.
+
+    Parameters
+    ----------
+    argv : list of str
+        The arguments after ``forget``.
+
+    Returns
+    -------
+    int
+        0 after printing the new (or cancelled) request id; 2 after a one-line
+        error on stderr.
+    """
+    try:
+        args = _parser().parse_args(argv)
+        if args.cancel is not None:
+            with _open(args.outbox) as outbox:
+                outbox.cancel(args.cancel)
+            print(f"cancelled {args.cancel}")
+            return 0
+        if args.client is None or args.kind is None:
+            raise _UsageError("the following arguments are required: --client, --kind")
+        request = ForgetRequest(
+            request_id=new_request_id(),
+            kind=args.kind,
+            client=args.client,
+            cls=args.cls,
+            ids=args.ids,
+            fraction=args.fraction,
+            # A client's fraction applies to its own samples only.
+            clients=(args.client,) if args.fraction is not None else None,
+            seed=args.seed,
+            origin="client",
+        )
+        with _open(args.outbox) as outbox:
+            owner = outbox.partition()
+            if owner is not None and owner != request.client:
+                raise OutboxError(f"this outbox belongs to client {owner}, not client "
+                                  f"{request.client}")
+            outbox.add(request)
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+    except UserError as exc:  # usage, a refused request, the outbox
+        return report(PROG, exc)
+    print(request.request_id)
+    return 0
+
+
+@contextmanager
+def _open(path: Path) -> Iterator[Outbox]:
+    """The outbox at ``path``; file errors become one-line :class:`OutboxError`s."""
+    try:
+        outbox = Outbox(path)
+    except (sqlite3.Error, OSError) as exc:
+        # sqlite's own message ("unable to open database file") names no file.
+        raise OutboxError(f"cannot use the outbox {path}: {exc}") from exc
+    try:
+        yield outbox
+    except sqlite3.Error as exc:
+        raise OutboxError(f"cannot use the outbox {path}: {exc}") from exc
+    finally:
+        outbox.close()

@@ -1,0 +1,150 @@
+"""Answer the ledger's pending requests: every configured method, one receipt each.
+
+For each pending request the server materializes the forget set, evaluates the
+trained model, lets each configured method run (:func:`server.methods.run_method`),
+and writes a receipt per method to the ledger and the run folder: request,
+settings, model digests before and after, metrics, cost, refused replies. A
+request left ``running`` by a crash resumes on restart; methods that already
+have a receipt are not re-run. Nodes holding forget data are told to delete it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord
+from flwr.serverapp import Grid
+from omegaconf import DictConfig, OmegaConf
+
+from fedunlearn.data import ForgetSet
+from fedunlearn.digest import digest
+from fedunlearn.evaluation import add_ratios
+from fedunlearn.ledger import Ledger
+from fedunlearn.requests import ForgetRequest, RequestRefused, materialize
+from server.evaluation import UnlearningEvaluator, eval_sets
+from server.intake import notify_deleted
+from server.methods import MethodSpec, Provider, plan, recovery, run_method
+from server.training import TrainOutcome
+from strategies import Targets
+
+LOG = logging.getLogger("fedunlearn")
+
+
+def answer_requests(grid: Grid, cfg: DictConfig, outcome: TrainOutcome, out_dir: Path,
+                    ledger: Ledger) -> tuple[list[dict], list[dict]]:
+    """Answer every pending request of the ledger with every configured method.
+
+    Returns
+    -------
+    rows, curves
+        One row per (request, method) with final metrics and cost, and the
+        per-round curves: the input of :func:`fedunlearn.evaluation.write_report`.
+    """
+    federation = outcome.federation
+    labels = federation.splits.train.labels.numpy()
+    rows: list[dict] = []
+    curves: list[dict] = []
+    for entry in ledger.pending():
+        request = entry.request
+        try:
+            forget = materialize(request, federation.train_ids, labels, federation.poisoned)
+        except Exception as exc:  # any request the data cannot serve is refused, not fatal
+            reason = str(exc) if isinstance(exc, RequestRefused) else f"{type(exc).__name__}: {exc}"
+            ledger.fail(request.request_id, reason.splitlines()[0])
+            LOG.warning("request %s refused: %s", request.request_id, reason.splitlines()[0])
+            continue
+        ledger.start(request.request_id)
+        try:
+            rows_r, curves_r = _answer(grid, cfg, outcome, out_dir, ledger, request, forget)
+        except Exception as exc:  # the federation keeps serving the other requests
+            ledger.fail(request.request_id, f"{type(exc).__name__}: {exc}".splitlines()[0])
+            LOG.exception("request %s failed", request.request_id)
+            continue
+        ledger.finish(request.request_id)
+        notify_deleted(grid, [outcome.nodes[c] for c in forget.clients], request,
+                       float(cfg.train.round_timeout))
+        rows.extend(rows_r)
+        curves.extend(curves_r)
+    return rows, curves
+
+
+def _answer(grid: Grid, cfg: DictConfig, outcome: TrainOutcome, out_dir: Path, ledger: Ledger,
+            request: ForgetRequest, forget: ForgetSet) -> tuple[list[dict], list[dict]]:
+    federation = outcome.federation
+    nodes = outcome.nodes
+    retain_clients = [c for c in range(federation.num_clients)
+                      if len(np.setdiff1d(federation.train_ids[c],
+                                          forget.ids_by_client.get(c, [])))]
+    targets = Targets(
+        retain_nodes=[nodes[c] for c in retain_clients],
+        forget_nodes=[nodes[c] for c in forget.clients],
+        request_json=request.to_json(),
+    )
+    evaluator = UnlearningEvaluator(cfg, federation, outcome.evaluator,
+                                    eval_sets(cfg, federation, forget))
+    before = dict(evaluator(0, ArrayRecord(outcome.checkpoint.final)))
+    LOG.info("request %s: %d forget samples on clients %s; before: %s", request.request_id,
+             len(forget.all_ids), list(forget.clients), _fmt(before))
+    # A node's own request is reported under its kind, never averaged into the scenario's.
+    scenario = (str(cfg.scenario.name) if request.origin == "scenario"
+                else f"{request.kind} (client request)")
+    base = {"scenario": scenario, "seed": int(cfg.seed), "request": request.request_id}
+    rows = [{**base, "method": "Original", **before, "bytes": 0, "flops": 0, "seconds": 0.0,
+             "rounds": 0}]
+    curves: list[dict] = []
+    done = ledger.receipts(request.request_id)
+    model_dir = out_dir / "unlearned" / request.request_id
+    provider = Provider(grid, cfg, outcome, targets)
+    for spec in plan(cfg):
+        name = spec.label
+        if name in done:
+            LOG.info("request %s: %s already answered before a restart; not repeated",
+                     request.request_id, name)
+            receipt = done[name]
+            rows.append({**base, "method": name, **receipt["metrics_after"], **receipt["cost"]})
+            continue
+        run = run_method(grid, cfg, spec, outcome, targets, evaluator, provider)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(run.state, model_dir / f"{name}.pt")
+        receipt = {
+            "request": json.loads(request.to_json()),
+            "method": name,
+            "settings": settings(cfg, spec),
+            "model_before": digest(outcome.checkpoint.final),
+            "model_after": digest(run.state),
+            "metrics_before": before,
+            "metrics_after": run.metrics,
+            "cost": run.cost,
+            # Replies refused while answering (malformed, over-weighted, lost nodes).
+            "refused_replies": run.refused,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        ledger.add_receipt(request.request_id, name, receipt)
+        (model_dir / f"{name}.receipt.json").write_text(json.dumps(receipt, indent=2))
+        LOG.info("request %s: %s done: %s | %.2e bytes, %.2e FLOPs, %.1f s", request.request_id,
+                 name, _fmt(run.metrics), run.cost["bytes"], run.cost["flops"],
+                 run.cost["seconds"])
+        rows.append({**base, "method": name, **run.metrics, **run.cost})
+        curves.extend({**base, "method": name, **point} for point in run.curve)
+    return add_ratios(rows), curves
+
+
+def settings(cfg: DictConfig, spec: MethodSpec) -> dict[str, Any]:
+    """A receipt's settings: what every method shares, the method's options, and the
+    curvature settings when it used the clients' statistics."""
+    out: dict[str, Any] = asdict(recovery(cfg))
+    if "curvature" in spec.cls.needs:
+        out["curvature"] = OmegaConf.to_container(cfg.unlearn.curvature, resolve=True)
+    return {**out, **spec.options}
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    keys = ("retain", "forget", "test", "mia", "asr")
+    return " ".join(f"{k} {metrics[k]:.1f}" for k in keys if k in metrics)
