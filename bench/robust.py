@@ -8,7 +8,8 @@ aggregation rule can bound it); the rogue claiming 10^12 examples (the server
 refuses it by the node's reported training-set size, whatever the rule).
 
 Usage: ``.venv/bin/python bench/robust.py [--rounds 10] [--seed 0]``; writes
-``bench/robust/RESULTS.md`` and ``results.json`` (rewritten after every run).
+``bench/robust/RESULTS.md`` and ``results.json`` (rewritten after every run; a run
+that was interrupted resumes, keeping the cells already measured).
 """
 
 from __future__ import annotations
@@ -81,13 +82,19 @@ def main() -> None:
     args = parser.parse_args()
     command = (f".venv/bin/python bench/robust.py --rounds {args.rounds} --seed {args.seed} "
                f"--rules {' '.join(args.rules)}")
-    rows: list[dict] = []
     out = ROOT / "bench" / "robust"
+    # An interrupted benchmark resumes: cells of the same rounds and seed are kept.
+    saved = out / "results.json"
+    rows = [r for r in (json.loads(saved.read_text())["rows"] if saved.exists() else [])
+            if (r["rounds"], r["seed"]) == (args.rounds, args.seed)]
+    done = {(r["rule"], r["condition"]) for r in rows}
     with tempfile.TemporaryDirectory() as tmp:
         for rule in args.rules:
             for condition in CONDITIONS:
                 if condition.endswith("10^12 examples") and rule != "fedavg":
                     continue  # refused before aggregation: the same for every rule
+                if (rule, condition) in done:
+                    continue
                 rows.append(run(rule, condition, args.rounds, args.seed, Path(tmp)))
                 print(json.dumps(rows[-1]), flush=True)
                 write(rows, out, command)

@@ -80,12 +80,12 @@ def train(msg: Message, context: Context) -> Message:
     """
     view = node_view(msg, context)
     config = msg.content.config_records[P.CONFIG]
-    order = TrainOrder.from_config(config, view.cfg)
+    order = TrainOrder.from_config(config, view.settings.train)
     arrays = msg.content.array_records[P.ARRAYS]
     server_round = int(config.get(P.SERVER_ROUND, 0))
     model = view.model()
     _load(model, arrays)
-    t = view.cfg.train
+    t = view.settings.train
     # TRIM recovery: only the entries the server marks may change (uint8 per parameter).
     mask = msg.content.array_records.get(P.MASK)
     trainable = ({k: v.bool() for k, v in mask.to_torch_state_dict().items()}
@@ -93,15 +93,15 @@ def train(msg: Message, context: Context) -> Message:
     fit = partial(
         train_model,
         model,
-        batch_size=int(t.batch_size),
+        batch_size=t.batch_size,
         lr=order.lr,
-        momentum=float(t.momentum),
-        weight_decay=float(t.weight_decay),
+        momentum=t.momentum,
+        weight_decay=t.weight_decay,
         device=view.device,
         grad_clip=order.grad_clip,
         trainable_mask=trainable,
         # Different batches per client and round, the same on every repeat of the run.
-        seed=int(view.cfg.seed) * 1_000_003 + server_round * 1009 + view.partition_id,
+        seed=view.settings.seed * 1_000_003 + server_round * 1009 + view.partition_id,
     )
     local = Local(
         data=lambda which: view.local_data(which, order.request),
@@ -150,7 +150,7 @@ def curvature(msg: Message, context: Context) -> Message:
     arrays = msg.content.array_records[P.ARRAYS]
     model = view.model()
     _load(model, arrays)
-    settings = view.cfg.unlearn.curvature
+    settings = view.settings.curvature
     started = time.perf_counter()
     records = RecordDict()
     counts = {}
@@ -162,11 +162,11 @@ def curvature(msg: Message, context: Context) -> Message:
             counts[P.count_key(part)] = len(data)
             if len(data):
                 diag = diagonal_curvature(
-                    model, data.images, data.labels, estimator=str(settings.estimator),
-                    batch_size=int(settings.batch_size), device=view.device,
-                    seed=int(view.cfg.seed) + view.partition_id,
-                    mc_samples=int(settings.mc_samples),
-                    hutchinson_samples=int(settings.hutchinson_samples))
+                    model, data.images, data.labels, estimator=settings.estimator,
+                    batch_size=settings.batch_size, device=view.device,
+                    seed=view.settings.seed + view.partition_id,
+                    mc_samples=settings.mc_samples,
+                    hutchinson_samples=settings.hutchinson_samples)
                 records[P.curvature_key(part)] = ArrayRecord(diag)
     sent = sum(r.count_bytes() for r in records.array_records.values())
     records[P.METRICS] = MetricRecord({
@@ -206,7 +206,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     data = view.federation.client_val(view.partition_id)
     stats = evaluate_model(
         model, data.images, data.labels,
-        batch_size=int(view.cfg.train.eval_batch_size), device=view.device,
+        batch_size=view.settings.train.eval_batch_size, device=view.device,
     )
     metrics = MetricRecord(
         {P.NUM_EXAMPLES: stats.num_examples, "loss": stats.loss, "accuracy": stats.accuracy}

@@ -7,27 +7,26 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message
-from omegaconf import DictConfig
 
 from fedunlearn import protocol as P
 from fedunlearn.config import ConfigError, from_payload
 from fedunlearn.data import ImageData
-from fedunlearn.federation import Federation, build_federation, configured_model
-from fedunlearn.training import pick_device
+from fedunlearn.federation import Federation, build_federation
+from fedunlearn.settings import Job, Training
 
 
 @dataclass(frozen=True)
 class NodeView:
-    """One client's view of the run: config, partition id, data and device."""
+    """One client's view of the run: its settings, partition id, data and device."""
 
-    cfg: DictConfig
+    settings: Job
     partition_id: int
     federation: Federation
     device: torch.device
 
     def model(self) -> torch.nn.Module:
         """A fresh model of the configured architecture on this node's device."""
-        return configured_model(self.cfg, self.federation).to(self.device)
+        return self.settings.build_model(self.federation).to(self.device)
 
     def forget_ids(self, request_json: str) -> np.ndarray:
         """This client's training ids that ``request_json`` asks to forget (maybe none)."""
@@ -75,8 +74,8 @@ class TrainOrder:
     request: str
 
     @classmethod
-    def from_config(cls, config: ConfigRecord, cfg: DictConfig) -> TrainOrder:
-        """Read the order, defaulting to plain FedAvg training from ``cfg.train``."""
+    def from_config(cls, config: ConfigRecord, train: Training) -> TrainOrder:
+        """Read the order, defaulting to plain FedAvg training (``train``)."""
         from client.modes import MODES
 
         mode = str(config.get(P.MODE, "descent"))
@@ -90,8 +89,8 @@ class TrainOrder:
         return cls(
             data=data,
             mode=mode,
-            lr=float(config.get(P.LR, cfg.train.lr)),
-            epochs=int(config.get(P.EPOCHS, cfg.train.local_epochs)),
+            lr=float(config.get(P.LR, train.lr)),
+            epochs=int(config.get(P.EPOCHS, train.local_epochs)),
             grad_clip=clip if clip > 0 else None,
             request=str(config.get(P.REQUEST, "")),
         )
@@ -119,6 +118,8 @@ def node_view(msg: Message, context: Context) -> NodeView:
     config = msg.content.config_records.get(P.CONFIG)
     if config is None or P.PAYLOAD not in config:
         raise ConfigError(f"message carries no config '{P.PAYLOAD}'")
+    # The node's edge: the config the server sent, read once into typed settings.
     cfg = from_payload(str(config[P.PAYLOAD]))
-    pid = partition_id(context, int(cfg.num_clients))
-    return NodeView(cfg, pid, build_federation(cfg), pick_device(cfg.runtime.device))
+    settings = Job.from_config(cfg)
+    pid = partition_id(context, settings.num_clients)
+    return NodeView(settings, pid, build_federation(cfg), settings.torch_device())

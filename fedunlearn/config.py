@@ -1,24 +1,17 @@
-"""Compose, validate and ship the Hydra config tree in ``conf/``.
+"""Compose and ship the Hydra config tree in ``conf/``.
 
 Every runtime (simulation, deployment, tests) goes through :func:`compose` or
-Hydra's own ``@hydra.main`` and then :func:`validate`, so a bad value fails the
-same way everywhere: one line that names the problem.
-
-Every key of the tree has a :class:`Rule` in :func:`rules` (its type, range or
-choices); :func:`validate` checks them all, then what keys say only together.
+Hydra's own ``@hydra.main`` and then :func:`fedunlearn.rules.validate`, so a bad
+value fails the same way everywhere: one line that names the problem.
 :func:`compose_sweep` does the same for every job of a ``--multirun`` sweep.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
-import logging
-import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +21,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import MissingConfigException
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from fedunlearn.errors import UserError
 
@@ -134,6 +127,8 @@ def _compose_job(overrides: list[str]) -> DictConfig:
         raise ConfigError(f"unknown {group} '{option}'; known: {', '.join(exc.options)}") from exc
     except Exception as exc:  # Hydra raises several unrelated exception types
         raise ConfigError(f"bad config override {overrides}: {_first_line(exc)}") from exc
+    from fedunlearn.rules import validate  # the rules import this module's names
+
     validate(cfg)
     return cfg
 
@@ -148,333 +143,9 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def _is_int(value: object) -> bool:
-    # bool is an int subclass, but `true` is not a number of rounds.
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-# What each Rule.kind accepts, and how a message calls it.
-_KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
-    "int": ("an integer", _is_int),
-    "number": ("a number", lambda v: (_is_int(v) or isinstance(v, float)) and math.isfinite(v)),
-    "bool": ("true or false", lambda v: isinstance(v, bool)),
-    "text": ("a non-empty string", lambda v: isinstance(v, str) and bool(v.strip())),
-    "mapping": ("a mapping", lambda v: isinstance(v, DictConfig | dict)),
-    "list": ("a list", lambda v: isinstance(v, ListConfig | list)),
-    "layer": ("a layer index or name", lambda v: _is_int(v) or (isinstance(v, str) and v != "")),
-}
-
-
-@dataclass(frozen=True)
-class Rule:
-    """What one config key must hold.
-
-    Attributes
-    ----------
-    kind : str
-        A key of ``_KINDS``: ``int``, ``number`` (int or float, finite), ``bool``,
-        ``text`` (a non-empty string), ``mapping``, ``list``, or ``layer`` (a layer
-        selector of :func:`fedunlearn.models.resolve_layers`: an index or a name).
-    low, high : float, optional
-        Bounds of an ``int`` or a ``number``, inclusive unless ``low_open``/``high_open``.
-    low_open, high_open : bool
-        Exclude the bound itself.
-    null : bool
-        ``null`` is accepted too (where the config reads it as "the default").
-    choices : tuple of str
-        The only values a ``text`` key may hold.
-    noun : str
-        With ``choices``: refuse as ``unknown <noun> 'x'; known: ...``, the wording of an
-        unknown group option (``model=vgg``), rather than ``<key> must be one of ...``.
-    item : Rule, optional
-        What each entry of a ``list`` must hold.
-    nonempty : bool
-        A ``list`` must have an entry at least.
-    when : tuple of str, optional
-        ``(key, value)``: check this key only when ``key`` holds ``value``, for keys that
-        only one option of a group has (the deployment's ports, the backdoor's trigger).
-    """
-
-    kind: str
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    null: bool = False
-    choices: tuple[str, ...] = ()
-    noun: str = ""
-    item: Rule | None = None
-    nonempty: bool = False
-    when: tuple[str, str] | None = None
-
-    def describe(self) -> str:
-        """What the key must be, as a message puts it: ``an integer >= 1``."""
-        if self.choices:
-            text = f"one of {', '.join(self.choices)}"
-        elif self.nonempty:
-            text = f"a non-empty {_KINDS[self.kind][0].removeprefix('a ')}"
-        else:
-            text = _KINDS[self.kind][0] + self._bounds()
-        return f"{text} or null" if self.null else text
-
-    def _bounds(self) -> str:
-        low, high = self.low, self.high
-        if low is not None and high is not None:
-            if self.kind == "int":
-                return f" in {low}..{high}"
-            return (f" in {'(' if self.low_open else '['}{low}, "
-                    f"{high}{')' if self.high_open else ']'}")
-        if low is not None:
-            return f" {'>' if self.low_open else '>='} {low}"
-        if high is not None:
-            return f" {'<' if self.high_open else '<='} {high}"
-        return ""
-
-    def _in_bounds(self, value: float) -> bool:
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return False
-        return self.high is None or (value < self.high if self.high_open else value <= self.high)
-
-    def check(self, key: str, value: object) -> None:
-        """Refuse ``value`` for ``key`` unless it fits this rule.
-
-        Raises
-        ------
-        ConfigError
-            ``<key> must be <description>, got <value>``, or for a list the first entry
-            that does not fit, named ``<key>[<index>]``.
-        """
-        if value is None and self.null:
-            return
-        if self.choices:
-            if isinstance(value, str) and value in self.choices:
-                return
-            if self.noun:
-                raise ConfigError(f"unknown {self.noun} {_show(value)}; "
-                                  f"known: {', '.join(self.choices)}")
-            raise ConfigError(f"{key} must be {self.describe()}, got {_show(value)}")
-        fits = _KINDS[self.kind][1](value)
-        if fits and self.kind in ("int", "number"):
-            fits = self._in_bounds(value)
-        if fits and self.nonempty:
-            fits = len(value) > 0
-        if not fits:
-            raise ConfigError(f"{key} must be {self.describe()}, got {_show(value)}")
-        if self.item is not None:
-            for index, entry in enumerate(value):
-                self.item.check(f"{key}[{index}]", entry)
-
-
-def _show(value: object, limit: int = 40) -> str:
-    """A value as a message shows it: YAML's ``null``, plain lists, cut to ``limit``."""
-    if value is None:
-        return "null"
-    if isinstance(value, DictConfig | ListConfig):
-        value = OmegaConf.to_container(value)
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _int(low: int | None = None, high: int | None = None, **more: Any) -> Rule:
-    return Rule("int", low=low, high=high, **more)
-
-
-def _num(low: float | None = None, high: float | None = None, **more: Any) -> Rule:
-    return Rule("number", low=low, high=high, **more)
-
-
-def _one_of(choices: Iterable[str], **more: Any) -> Rule:
-    return Rule("text", choices=tuple(choices), **more)
-
-
 def group_options(group: str) -> tuple[str, ...]:
     """The options of a config group: the names of ``conf/<group>/*.yaml``, sorted."""
     return tuple(sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml")))
-
-
-@functools.cache
-def rules() -> dict[str, Rule]:
-    """Every key of the config tree and what it must hold, in the order they are checked.
-
-    A key whose rule has ``when`` comes after the key ``when`` reads. Built on first use:
-    the known names come from modules that import torch.
-
-    Returns
-    -------
-    dict of str to Rule
-        Dotted key (``"train.lr"``) to its rule.
-    """
-    from fedunlearn.data import CORNERS, DATASETS
-    from fedunlearn.data.partition import SCHEMES
-    from fedunlearn.models import MODELS
-    from fedunlearn.unlearning.curvature import ESTIMATORS
-    from strategies.robust import AGGREGATORS
-
-    simulation = ("runtime.name", "simulation")
-    deployment = ("runtime.name", "deployment")
-    backdoor = ("attack.name", "backdoor")
-    fraction = _num(0, 1, low_open=True)  # a share of something: (0, 1]
-    port = _int(1, 65535, when=deployment)
-    table: dict[str, Rule] = {
-        "seed": _int(0),
-        "num_clients": _int(1),
-        "cache_dir": Rule("text"),
-        "reuse_trained": Rule("bool"),
-        "flower_log_level": _one_of(logging.getLevelNamesMapping()),
-        "dataset.name": _one_of(DATASETS, noun="dataset"),
-        "dataset.root": Rule("text", null=True),
-        "dataset.download": Rule("bool"),
-        "dataset.image_size": _int(1, null=True),
-        "dataset.test_fraction": _num(0, 1, low_open=True, high_open=True),
-        "partition.scheme": _one_of(SCHEMES, noun="partition scheme"),
-        "partition.beta": _num(0, low_open=True, null=True),
-        "partition.val_fraction": _num(0, 1, high_open=True),
-        "model.name": _one_of(MODELS, noun="model"),
-        "model.options": Rule("mapping"),
-        "train.rounds": _int(1),
-        "train.local_epochs": _int(1),
-        "train.batch_size": _int(1),
-        "train.lr": _num(0, low_open=True),
-        "train.momentum": _num(0, 1, high_open=True),
-        "train.weight_decay": _num(0),
-        "train.eval_batch_size": _int(1),
-        "train.fraction_train": fraction,
-        "train.round_timeout": _num(0, low_open=True),
-        "train.node_timeout": _num(0, low_open=True),
-        "train.aggregation.name": _one_of(AGGREGATORS, noun="aggregation"),
-        # trimmed_mean cuts this share at each end: half or more would leave nothing.
-        "train.aggregation.beta": _num(0, 0.5, high_open=True),
-        "train.aggregation.num_malicious_nodes": _int(0),
-        "train.aggregation.num_nodes_to_select": _int(1),
-        "runtime.name": _one_of(group_options("runtime"), noun="runtime"),
-        "runtime.device": _one_of(("auto", "cpu", "cuda")),
-        # Flower's Ray backend takes whole CPUs only.
-        "runtime.client_cpus": _int(1, when=simulation),
-        "runtime.client_gpus": _num(0, when=simulation),
-        "runtime.num_cpus": _int(1, null=True, when=simulation),
-        "runtime.host": Rule("text", when=deployment),
-        "runtime.superlink_port": port,
-        "runtime.clientappio_base_port": port,
-        "runtime.flwr_home": Rule("text", null=True, when=deployment),
-        "runtime.state_file": Rule("text", null=True, when=deployment),
-        "runtime.max_restarts": _int(0, when=deployment),
-        "runtime.resubmits": _int(0, when=deployment),
-        "runtime.superlink_timeout": _num(0, low_open=True, when=deployment),
-        "runtime.run_timeout": _num(0, low_open=True, when=deployment),
-        "attack.name": _one_of(group_options("attack"), noun="attack"),
-        "attack.client": _int(0, when=backdoor),
-        "attack.fraction": _num(0, 1, low_open=True, when=backdoor),
-        "attack.target": _int(0, when=backdoor),
-        "attack.size": _int(1, when=backdoor),
-        "attack.corner": _one_of(CORNERS, when=backdoor),
-        "scenario.name": Rule("text"),
-        # Its fields are checked as a forget request (_check_combinations).
-        "scenario.request": Rule("mapping", null=True),
-        "unlearn.methods": Rule("list", item=Rule("text")),
-        "unlearn.recovery_rounds": _int(0),
-        # null means "as many as training"; so would 0 (`retrain_rounds or train.rounds`).
-        "unlearn.retrain_rounds": _int(1, null=True),
-        "unlearn.recovery_lr": _num(0, low_open=True, null=True),
-    }
-    # Each method's own section (unlearn.<section>, conf/unlearn/method/) is checked by
-    # the method itself: strategies.registry, in _check_combinations.
-    table |= {
-        # Cross-validation needs two folds at least.
-        "unlearn.evaluate.mia_folds": _int(2),
-        "unlearn.evaluate.max_retain": _int(1, null=True),
-        "unlearn.evaluate.owned_share": fraction,
-        "unlearn.ledger": Rule("text"),
-        "unlearn.curvature.estimator": _one_of(ESTIMATORS),
-        "unlearn.curvature.batch_size": _int(1),
-        "unlearn.curvature.mc_samples": _int(1),
-        "unlearn.curvature.hutchinson_samples": _int(1),
-        "unlearn.curvature.min_replies": _int(1),
-    }
-    return table
-
-
-_ABSENT = object()
-
-
-def _select(cfg: DictConfig, key: str) -> Any:
-    """The value of a dotted key, resolved; refused when absent or unresolvable."""
-    try:
-        value = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=True)
-    except Exception as exc:  # an interpolation that does not resolve, a '???'
-        raise ConfigError(f"{key}: {_first_line(exc)}") from exc
-    if value is _ABSENT:
-        raise ConfigError(f"{key} is missing")
-    return value
-
-
-def _need(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
-
-
-def validate(cfg: DictConfig) -> None:
-    """Check every key's type and range (:func:`rules`), then what keys say together.
-
-    The checks that need the data or a model (NoT's layers, the scenario's request on
-    the partitions) are :func:`fedunlearn.commands.jobs.preflight`'s.
-
-    Raises
-    ------
-    ConfigError
-        With one line naming the first bad key.
-    """
-    for key, rule in rules().items():
-        if rule.when is None or OmegaConf.select(cfg, rule.when[0]) == rule.when[1]:
-            rule.check(key, _select(cfg, key))
-    _check_combinations(cfg)
-
-
-def _check_combinations(cfg: DictConfig) -> None:
-    """What no single key can say: bounds set by other keys, names known elsewhere."""
-    from fedunlearn.requests import RequestRefused, scenario_request
-    from strategies import METHODS
-    from strategies.registry import check_methods, plan
-
-    clients = cfg.num_clients
-    if cfg.partition.scheme == "dirichlet":
-        _need(cfg.partition.beta is not None,
-              "partition.beta must be a number > 0 for the dirichlet scheme, got null")
-    if cfg.attack.name == "backdoor":
-        _need(cfg.attack.client < clients,
-              f"attack.client must be < num_clients ({clients}), got {cfg.attack.client}")
-    if cfg.runtime.name == "deployment":
-        # SuperNode i listens on clientappio_base_port + i.
-        first, link = cfg.runtime.clientappio_base_port, cfg.runtime.superlink_port
-        last = first + clients - 1
-        _need(last <= 65535, f"runtime.clientappio_base_port + num_clients - 1 must be <= 65535"
-                             f", got {last}")
-        _need(not first <= link <= last, f"runtime.superlink_port {link} is one of the "
-                                         f"SuperNodes' ports {first}..{last}")
-    methods = list(cfg.unlearn.methods)
-    try:
-        check_methods(methods)
-    except ValueError as exc:
-        raise ConfigError(f"unlearn.methods: {exc}") from exc
-    repeated = sorted({name for name in methods if methods.count(name) > 1})
-    _need(not repeated, f"unlearn.methods lists {', '.join(repeated)} more than once")
-    sections = OmegaConf.to_container(cfg.unlearn, resolve=True)
-    assert isinstance(sections, dict)
-    try:  # each method checks its own settings (types by its constructor, then ranges)
-        plan(methods, sections)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(_first_line(exc)) from exc
-    if any("curvature" in METHODS[name].needs for name in methods):
-        # Curvature comes from at most every client; more replies can never arrive.
-        _need(cfg.unlearn.curvature.min_replies <= clients,
-              f"unlearn.curvature.min_replies must be <= num_clients ({clients}), "
-              f"got {cfg.unlearn.curvature.min_replies}")
-    if cfg.scenario.request is not None:
-        content = OmegaConf.to_container(cfg.scenario.request, resolve=True)
-        assert isinstance(content, dict)
-        try:
-            scenario_request(content)
-        except RequestRefused as exc:
-            raise ConfigError(f"scenario.request: {exc}") from exc
 
 
 def training_view(cfg: DictConfig) -> dict[str, Any]:

@@ -8,8 +8,10 @@ ids ever travel over the network.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,11 +70,17 @@ def configured_model(cfg: DictConfig, federation: Federation,
         Build deterministically under this seed (the initial weights); ``None`` leaves
         the initialization to the caller (weights are loaded right after).
     """
+    return model_for(str(cfg.model.name), dict(cfg.model.options or {}), federation, seed)
+
+
+def model_for(name: str, options: Mapping[str, Any], federation: Federation,
+              seed: int | None = None) -> torch.nn.Module:
+    """A model ``name`` (with ``options``) for this federation's classes and input shape;
+    deterministic under ``seed`` when given (see :func:`configured_model`)."""
     splits = federation.splits
-    options = dict(cfg.model.options or {})
     if seed is None:
-        return build_model(cfg.model.name, splits.num_classes, splits.in_shape, **options)
-    return seeded_model(cfg.model.name, splits.num_classes, splits.in_shape, seed, **options)
+        return build_model(name, splits.num_classes, splits.in_shape, **options)
+    return seeded_model(name, splits.num_classes, splits.in_shape, seed, **options)
 
 
 def build_federation(cfg: DictConfig) -> Federation:

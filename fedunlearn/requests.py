@@ -17,6 +17,9 @@ overflow the ledger or numpy.
 
 Anything malformed or impossible raises :class:`RequestRefused` with a one-line
 reason, which the server records in its ledger and reports back.
+
+Why one module of ~400 lines: the request type, its strict wire form and its one
+materialization must agree field by field; splitting them would split that contract.
 """
 
 from __future__ import annotations

@@ -21,13 +21,13 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
-from omegaconf import DictConfig, OmegaConf
 
 from fedunlearn.data import ForgetSet
 from fedunlearn.digest import digest
 from fedunlearn.evaluation import add_ratios
 from fedunlearn.ledger import Ledger
 from fedunlearn.requests import ForgetRequest, RequestRefused, materialize
+from fedunlearn.settings import Job
 from server.evaluation import UnlearningEvaluator, eval_sets
 from server.intake import notify_deleted
 from server.methods import MethodSpec, Provider, plan, recovery, run_method
@@ -37,7 +37,7 @@ from strategies import Targets
 LOG = logging.getLogger("fedunlearn")
 
 
-def answer_requests(grid: Grid, cfg: DictConfig, outcome: TrainOutcome, out_dir: Path,
+def answer_requests(grid: Grid, outcome: TrainOutcome, out_dir: Path,
                     ledger: Ledger) -> tuple[list[dict], list[dict]]:
     """Answer every pending request of the ledger with every configured method.
 
@@ -62,20 +62,20 @@ def answer_requests(grid: Grid, cfg: DictConfig, outcome: TrainOutcome, out_dir:
             continue
         ledger.start(request.request_id)
         try:
-            rows_r, curves_r = _answer(grid, cfg, outcome, out_dir, ledger, request, forget)
+            rows_r, curves_r = _answer(grid, outcome, out_dir, ledger, request, forget)
         except Exception as exc:  # the federation keeps serving the other requests
             ledger.fail(request.request_id, f"{type(exc).__name__}: {exc}".splitlines()[0])
             LOG.exception("request %s failed", request.request_id)
             continue
         ledger.finish(request.request_id)
         notify_deleted(grid, [outcome.nodes[c] for c in forget.clients], request,
-                       float(cfg.train.round_timeout))
+                       outcome.settings.train.round_timeout)
         rows.extend(rows_r)
         curves.extend(curves_r)
     return rows, curves
 
 
-def _answer(grid: Grid, cfg: DictConfig, outcome: TrainOutcome, out_dir: Path, ledger: Ledger,
+def _answer(grid: Grid, outcome: TrainOutcome, out_dir: Path, ledger: Ledger,
             request: ForgetRequest, forget: ForgetSet) -> tuple[list[dict], list[dict]]:
     federation = outcome.federation
     nodes = outcome.nodes
@@ -87,22 +87,23 @@ def _answer(grid: Grid, cfg: DictConfig, outcome: TrainOutcome, out_dir: Path, l
         forget_nodes=[nodes[c] for c in forget.clients],
         request_json=request.to_json(),
     )
-    evaluator = UnlearningEvaluator(cfg, federation, outcome.evaluator,
-                                    eval_sets(cfg, federation, forget))
+    job = outcome.settings
+    evaluator = UnlearningEvaluator(job, federation, outcome.evaluator,
+                                    eval_sets(job, federation, forget))
     before = dict(evaluator(0, ArrayRecord(outcome.checkpoint.final)))
     LOG.info("request %s: %d forget samples on clients %s; before: %s", request.request_id,
              len(forget.all_ids), list(forget.clients), _fmt(before))
     # A node's own request is reported under its kind, never averaged into the scenario's.
-    scenario = (str(cfg.scenario.name) if request.origin == "scenario"
+    scenario = (job.scenario if request.origin == "scenario"
                 else f"{request.kind} (client request)")
-    base = {"scenario": scenario, "seed": int(cfg.seed), "request": request.request_id}
+    base = {"scenario": scenario, "seed": job.seed, "request": request.request_id}
     rows = [{**base, "method": "Original", **before, "bytes": 0, "flops": 0, "seconds": 0.0,
              "rounds": 0}]
     curves: list[dict] = []
     done = ledger.receipts(request.request_id)
     model_dir = out_dir / "unlearned" / request.request_id
-    provider = Provider(grid, cfg, outcome, targets)
-    for spec in plan(cfg):
+    provider = Provider(grid, outcome, targets)
+    for spec in plan(job):
         name = spec.label
         if name in done:
             LOG.info("request %s: %s already answered before a restart; not repeated",
@@ -110,13 +111,13 @@ def _answer(grid: Grid, cfg: DictConfig, outcome: TrainOutcome, out_dir: Path, l
             receipt = done[name]
             rows.append({**base, "method": name, **receipt["metrics_after"], **receipt["cost"]})
             continue
-        run = run_method(grid, cfg, spec, outcome, targets, evaluator, provider)
+        run = run_method(grid, spec, outcome, targets, evaluator, provider)
         model_dir.mkdir(parents=True, exist_ok=True)
         torch.save(run.state, model_dir / f"{name}.pt")
         receipt = {
             "request": json.loads(request.to_json()),
             "method": name,
-            "settings": settings(cfg, spec),
+            "settings": settings(job, spec),
             "model_before": digest(outcome.checkpoint.final),
             "model_after": digest(run.state),
             "metrics_before": before,
@@ -136,12 +137,12 @@ def _answer(grid: Grid, cfg: DictConfig, outcome: TrainOutcome, out_dir: Path, l
     return add_ratios(rows), curves
 
 
-def settings(cfg: DictConfig, spec: MethodSpec) -> dict[str, Any]:
+def settings(job: Job, spec: MethodSpec) -> dict[str, Any]:
     """A receipt's settings: what every method shares, the method's options, and the
     curvature settings when it used the clients' statistics."""
-    out: dict[str, Any] = asdict(recovery(cfg))
+    out: dict[str, Any] = asdict(recovery(job))
     if "curvature" in spec.cls.needs:
-        out["curvature"] = OmegaConf.to_container(cfg.unlearn.curvature, resolve=True)
+        out["curvature"] = asdict(job.curvature)
     return {**out, **spec.options}
 
 

@@ -15,6 +15,8 @@ from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig
 
 from fedunlearn.config import compose, parse_overrides
+from fedunlearn.federation import build_federation
+from fedunlearn.settings import Job
 from server.progress import setup_logging
 from server.training import TrainOutcome, train_global
 
@@ -26,13 +28,16 @@ def run_job(grid: Grid, cfg: DictConfig, out_dir: Path, job: str = "run") -> Tra
     forget requests, answer each with every configured method and write the report."""
     if job not in JOBS:
         raise ValueError(f"unknown job '{job}'; known: {', '.join(JOBS)}")
-    setup_logging(str(cfg.flower_log_level))
+    # The edge: the config is read once, into typed settings, and the data built once.
+    settings = Job.from_config(cfg)
+    federation = build_federation(cfg)
+    setup_logging(settings.flower_log_level)
     out_dir.mkdir(parents=True, exist_ok=True)
-    outcome = train_global(grid, cfg, out_dir)
+    outcome = train_global(grid, settings, federation, out_dir)
     if job == "run":
         from server.forgetting import forget_requested
 
-        forget_requested(grid, cfg, outcome, out_dir)
+        forget_requested(grid, outcome, out_dir)
     return outcome
 
 

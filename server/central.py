@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import torch
 from flwr.app import ArrayRecord, MetricRecord
-from omegaconf import DictConfig
 
-from fedunlearn.federation import Federation, configured_model
-from fedunlearn.training import evaluate, pick_device
+from fedunlearn.federation import Federation
+from fedunlearn.settings import Job
+from fedunlearn.training import evaluate
 
 
 class CentralEvaluator:
     """Evaluates arrays on the test set, reusing one model instance across rounds."""
 
-    def __init__(self, cfg: DictConfig, federation: Federation) -> None:
-        self.device = pick_device(cfg.runtime.device)
-        self.model = configured_model(cfg, federation).to(self.device)
+    def __init__(self, settings: Job, federation: Federation) -> None:
+        self.device = settings.torch_device()
+        self.model = settings.build_model(federation).to(self.device)
         self.test = federation.splits.test
-        self.batch_size = int(cfg.train.eval_batch_size)
+        self.batch_size = settings.train.eval_batch_size
 
     def load(self, arrays: ArrayRecord | dict[str, torch.Tensor]) -> torch.nn.Module:
         """Put ``arrays`` into the evaluation model and return it."""

@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, MetricRecord
-from omegaconf import DictConfig
 
 from fedunlearn.data import ForgetSet, add_trigger, trigger_value
 from fedunlearn.evaluation import evaluate_unlearning
 from fedunlearn.federation import Federation
+from fedunlearn.settings import Job
 from fedunlearn.training import evaluate
 from server.central import CentralEvaluator
 
@@ -39,7 +39,7 @@ class EvalSets:
 class UnlearningEvaluator:
     """Retain/forget/test accuracy, MIA (and backdoor metrics) of arrays, per round."""
 
-    def __init__(self, cfg: DictConfig, federation: Federation, central: CentralEvaluator,
+    def __init__(self, settings: Job, federation: Federation, central: CentralEvaluator,
                  sets: EvalSets) -> None:
         train = federation.splits.train
         self.central = central
@@ -51,10 +51,9 @@ class UnlearningEvaluator:
         if sets.target_classes:
             keep = ~np.isin(self.test.labels.numpy(), sets.target_classes)
             self.other = self.test.subset(np.flatnonzero(keep))
-        self.seed = int(cfg.seed)
-        self.folds = int(cfg.unlearn.evaluate.mia_folds)
-        max_retain = cfg.unlearn.evaluate.max_retain
-        self.max_retain = int(max_retain) if max_retain is not None else None
+        self.seed = settings.seed
+        self.folds = settings.evaluate.mia_folds
+        self.max_retain = settings.evaluate.max_retain
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         """Every metric of the evaluation module, in percent (Flower's ``evaluate_fn``)."""
@@ -71,7 +70,7 @@ class UnlearningEvaluator:
         return MetricRecord({k: float(v) for k, v in metrics.items()})
 
 
-def eval_sets(cfg: DictConfig, federation: Federation, forget: ForgetSet) -> EvalSets:
+def eval_sets(settings: Job, federation: Federation, forget: ForgetSet) -> EvalSets:
     """Retained ids (all training ids but the forget ones), forget ids, the classes the
     forget set owns, and the backdoor setup."""
     everything = np.concatenate(federation.train_ids)
@@ -79,15 +78,14 @@ def eval_sets(cfg: DictConfig, federation: Federation, forget: ForgetSet) -> Eva
     labels = federation.splits.train.labels.numpy()
     total = np.bincount(labels[everything], minlength=federation.splits.num_classes)
     held = np.bincount(labels[forget_ids], minlength=federation.splits.num_classes)
-    share = float(cfg.unlearn.evaluate.owned_share)
+    share = settings.evaluate.owned_share
     owned = [c for c in range(len(total)) if total[c] and held[c] >= share * total[c]]
     backdoor = None
-    if forget.kind == "backdoor":
+    attack = settings.backdoor
+    if forget.kind == "backdoor" and attack is not None:
         owned = []  # poisoned samples carry the target label: it is not "owned"
-        attack = cfg.attack
         # "White" as the poisoned training images had it, not the test images' maximum.
         white = trigger_value(federation.splits.train.images)
-        backdoor = {"target": int(attack.target),
-                    "trigger": lambda x: add_trigger(x, int(attack.size), str(attack.corner),
-                                                     white)}
+        backdoor = {"target": attack.target,
+                    "trigger": lambda x: add_trigger(x, attack.size, attack.corner, white)}
     return EvalSets(np.setdiff1d(everything, forget_ids), forget_ids, backdoor, owned)

@@ -6,9 +6,9 @@ import logging
 from pathlib import Path
 
 from flwr.serverapp import Grid
-from omegaconf import DictConfig
 
 from fedunlearn.ledger import Ledger
+from fedunlearn.settings import Job
 from server.answers import answer_requests
 from server.intake import take_requests
 from server.report import report
@@ -17,13 +17,13 @@ from server.training import TrainOutcome
 LOG = logging.getLogger("fedunlearn")
 
 
-def ledger_path(cfg: DictConfig, out_dir: Path) -> Path:
+def ledger_path(settings: Job, out_dir: Path) -> Path:
     """The ledger file: ``unlearn.ledger``, relative paths under the run folder."""
-    path = Path(str(cfg.unlearn.ledger))
+    path = Path(settings.ledger)
     return path if path.is_absolute() else out_dir / path
 
 
-def forget_requested(grid: Grid, cfg: DictConfig, outcome: TrainOutcome, out_dir: Path) -> dict:
+def forget_requested(grid: Grid, outcome: TrainOutcome, out_dir: Path) -> dict:
     """Take requests into the ledger, answer them with every method, write the report.
 
     Returns
@@ -31,10 +31,11 @@ def forget_requested(grid: Grid, cfg: DictConfig, outcome: TrainOutcome, out_dir
     dict
         The report's files by name (empty when no request was answered).
     """
-    with Ledger(ledger_path(cfg, out_dir)) as ledger:
-        take_requests(grid, cfg, outcome.nodes, ledger)
-        rows, curves = answer_requests(grid, cfg, outcome, out_dir, ledger)
+    settings = outcome.settings
+    with Ledger(ledger_path(settings, out_dir)) as ledger:
+        take_requests(grid, settings, outcome.nodes, ledger)
+        rows, curves = answer_requests(grid, outcome, out_dir, ledger)
     if not rows:
         LOG.info("no request to answer")
         return {}
-    return report(cfg, out_dir, rows, curves)
+    return report(settings, out_dir, rows, curves)

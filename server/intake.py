@@ -14,11 +14,11 @@ from dataclasses import replace
 
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
-from omegaconf import DictConfig, OmegaConf
 
 from fedunlearn import protocol as P
 from fedunlearn.ledger import Ledger
 from fedunlearn.requests import ForgetRequest, scenario_request
+from fedunlearn.settings import Job
 
 LOG = logging.getLogger("fedunlearn")
 
@@ -30,14 +30,11 @@ def sender(partition: int) -> str:
     return f"client:{partition}"
 
 
-def scheduled_request(cfg: DictConfig) -> ForgetRequest | None:
+def scheduled_request(settings: Job) -> ForgetRequest | None:
     """The request the scenario schedules after training (or ``None``)."""
-    spec = cfg.scenario.request
-    if spec is None:
+    if settings.request is None:
         return None
-    content = OmegaConf.to_container(spec, resolve=True)
-    assert isinstance(content, dict)
-    return scenario_request({"seed": int(cfg.seed), **content})
+    return scenario_request({"seed": settings.seed, **settings.request})
 
 
 def poll_requests(
@@ -115,7 +112,7 @@ def intake(ledger: Ledger, partition: int, key: str, body: str) -> str:
         return f"rejected: {reason}"
 
 
-def take_requests(grid: Grid, cfg: DictConfig, nodes: dict[int, int], ledger: Ledger) -> None:
+def take_requests(grid: Grid, settings: Job, nodes: dict[int, int], ledger: Ledger) -> None:
     """Record the scenario's request and the nodes' requests in the ledger.
 
     Recording is idempotent (the scenario's request by its content, a node's by
@@ -123,12 +120,12 @@ def take_requests(grid: Grid, cfg: DictConfig, nodes: dict[int, int], ledger: Le
     duplicated. Every submission is acknowledged once the ledger holds it, as a
     request or as a rejection.
     """
-    request = scheduled_request(cfg)
+    request = scheduled_request(settings)
     if request is not None and ledger.find(request, SCENARIO) is None:
         ledger.record(request, SCENARIO)
         LOG.info("request %s received: %s-wise from client %d (scenario)",
                  request.request_id, request.kind, request.client)
-    timeout = float(cfg.train.round_timeout)
+    timeout = settings.train.round_timeout
     handled: dict[int, list[str]] = {}
     for pid, key, body in poll_requests(grid, nodes, timeout):
         outcome = intake(ledger, pid, key, body)

@@ -17,10 +17,9 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
-from omegaconf import DictConfig, OmegaConf
 
 from fedunlearn import protocol as P
-from fedunlearn.config import to_payload
+from fedunlearn.settings import Job
 from server.curvature import Curvature, query_curvature
 from server.evaluation import UnlearningEvaluator
 from server.training import TrainOutcome, aggregator
@@ -40,7 +39,7 @@ class MethodSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def plan(cfg: DictConfig) -> list[MethodSpec]:
+def plan(settings: Job) -> list[MethodSpec]:
     """The runs of ``unlearn.methods``, in order (a swept method runs once per value).
 
     Raises
@@ -48,32 +47,28 @@ def plan(cfg: DictConfig) -> list[MethodSpec]:
     ValueError
         An unknown method, or a setting its constructor refuses (one line naming it).
     """
-    sections = OmegaConf.to_container(cfg.unlearn, resolve=True)
-    assert isinstance(sections, dict)
     return [MethodSpec(label, cls, opts)
-            for label, cls, opts in registry.plan(list(cfg.unlearn.methods), sections)]
+            for label, cls, opts in registry.plan(list(settings.methods), settings.unlearn)]
 
 
-def recovery(cfg: DictConfig) -> Recovery:
-    """The settings every method shares, from ``cfg.unlearn`` and ``cfg.train``."""
-    un = cfg.unlearn
-    return Recovery(train_rounds=int(un.retrain_rounds or cfg.train.rounds),
-                    recovery_rounds=int(un.recovery_rounds),
-                    lr=float(un.recovery_lr or cfg.train.lr),
-                    local_epochs=int(cfg.train.local_epochs))
+def recovery(settings: Job) -> Recovery:
+    """The settings every method shares."""
+    return Recovery(train_rounds=settings.retrain_rounds,
+                    recovery_rounds=settings.recovery_rounds, lr=settings.recovery_lr,
+                    local_epochs=settings.train.local_epochs)
 
 
-def make_strategy(spec: MethodSpec, cfg: DictConfig, targets: Targets,
+def make_strategy(spec: MethodSpec, settings: Job, targets: Targets,
                   limits: Mapping[int, int] | None = None) -> UnlearningStrategy:
     """The strategy of one method run for one request (not yet provided for)."""
-    strategy = spec.cls(targets, recovery(cfg), seed=int(cfg.seed),
-                        fraction_train=float(cfg.train.fraction_train), limits=limits,
-                        aggregator=aggregator(cfg), **spec.options)
+    strategy = spec.cls(targets, recovery(settings), seed=settings.seed,
+                        fraction_train=settings.train.fraction_train, limits=limits,
+                        aggregator=aggregator(settings), **spec.options)
     strategy.label = spec.label
     return strategy
 
 
-def check_methods_fit(cfg: DictConfig, model: torch.nn.Module) -> None:
+def check_methods_fit(settings: Job, model: torch.nn.Module) -> None:
     """Build every planned run and give it the model: what ``run`` would refuse, now.
 
     Raises
@@ -81,9 +76,9 @@ def check_methods_fit(cfg: DictConfig, model: torch.nn.Module) -> None:
     ValueError
         One line naming the method's setting (e.g. a layer the model lacks).
     """
-    arch = Architecture(str(cfg.model.name), model)
-    for spec in plan(cfg):
-        strategy = make_strategy(spec, cfg, Targets([], [], ""))
+    arch = Architecture(settings.model, model)
+    for spec in plan(settings):
+        strategy = make_strategy(spec, settings, Targets([], [], ""))
         if "model" in spec.cls.needs:
             strategy.provide({"model": arch})
 
@@ -93,16 +88,16 @@ class Provider:
 
     Parameters
     ----------
-    grid, cfg, outcome, targets
-        The federation, the config, the trained model and who holds what.
+    grid, outcome, targets
+        The federation, the trained model (and the job's settings), who holds what.
     """
 
-    def __init__(self, grid: Grid, cfg: DictConfig, outcome: TrainOutcome,
-                 targets: Targets) -> None:
-        self.grid, self.cfg, self.outcome, self.targets = grid, cfg, outcome, targets
+    def __init__(self, grid: Grid, outcome: TrainOutcome, targets: Targets) -> None:
+        self.grid, self.outcome, self.targets = grid, outcome, targets
+        self.settings = outcome.settings
         self.made: dict[str, Any] = {}
         self._makers: dict[str, Callable[[], Any]] = {
-            "model": lambda: Architecture(str(cfg.model.name), outcome.evaluator.model),
+            "model": lambda: Architecture(self.settings.model, outcome.evaluator.model),
             "curvature": self._curvature,
         }
 
@@ -115,15 +110,15 @@ class Provider:
 
     def _curvature(self) -> Curvature:
         """The request's curvature statistics at the trained weights."""
-        settings = self.cfg.unlearn.curvature
+        settings = self.settings.curvature
         nodes = sorted(set(self.targets.retain_nodes) | set(self.targets.forget_nodes))
-        config = ConfigRecord({P.PAYLOAD: to_payload(self.cfg),
+        config = ConfigRecord({P.PAYLOAD: self.settings.payload,
                                P.REQUEST: self.targets.request_json})
         curvature = query_curvature(
             self.grid, nodes, ArrayRecord(self.outcome.checkpoint.final), config,
-            self.outcome.evaluator.model, str(settings.estimator),
-            min_replies=int(settings.min_replies),
-            timeout=float(self.cfg.train.round_timeout), limits=self.outcome.limits)
+            self.outcome.evaluator.model, settings.estimator,
+            min_replies=settings.min_replies,
+            timeout=self.settings.train.round_timeout, limits=self.outcome.limits)
         LOG.info("curvature statistics from %d nodes (%d refused): %.2e bytes, %.1f s",
                  curvature.replies, len(curvature.refused), curvature.bytes, curvature.seconds)
         return curvature
@@ -141,14 +136,15 @@ class MethodRun:
     refused: list[dict] = field(default_factory=list)
 
 
-def run_method(grid: Grid, cfg: DictConfig, spec: MethodSpec, outcome: TrainOutcome,
+def run_method(grid: Grid, spec: MethodSpec, outcome: TrainOutcome,
                targets: Targets, evaluator: UnlearningEvaluator,
                provider: Provider) -> MethodRun:
     """Build the method's strategy, provide what it needs, let it run; measure the cost.
 
     The cost counts what the provisions cost too (the curvature statistics).
     """
-    strategy = make_strategy(spec, cfg, targets, outcome.limits)
+    settings = outcome.settings
+    strategy = make_strategy(spec, settings, targets, outcome.limits)
     provisions = provider(spec.cls.needs)
     strategy.provide({k: ((v.h, v.h_prime) if isinstance(v, Curvature) else v)
                       for k, v in provisions.items()})
@@ -162,8 +158,8 @@ def run_method(grid: Grid, cfg: DictConfig, spec: MethodSpec, outcome: TrainOutc
     curve.append({})  # round 0, filled below from the run's evaluation of the perturbation
     result = strategy.run(
         grid, outcome.checkpoint.final, outcome.checkpoint.initial,
-        config=ConfigRecord({P.PAYLOAD: to_payload(cfg)}), evaluate_fn=evaluator,
-        timeout=float(cfg.train.round_timeout), on_round=on_round)
+        config=ConfigRecord({P.PAYLOAD: settings.payload}), evaluate_fn=evaluator,
+        timeout=settings.train.round_timeout, on_round=on_round)
     curve[0] = {"round": 0, **result.perturbed}
     records = result.records
     cm = [r.client_metrics for r in records]

@@ -8,21 +8,20 @@ import sys
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
-
 from fedunlearn.evaluation import write_report
+from fedunlearn.settings import Job
 
 LOG = logging.getLogger("fedunlearn")
 
 
-def report(cfg: DictConfig, out_dir: Path, rows: list[dict], curves: list[dict]) -> dict:
+def report(settings: Job, out_dir: Path, rows: list[dict], curves: list[dict]) -> dict:
     """Write ``report.md``, ``results.json`` and the curves' PNGs for ``rows`` and ``curves``.
 
     The report names the command, the config, the machine and the date it came from.
     """
     meta = {
         "command": " ".join(sys.argv),
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": dict(settings.config),
         "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
         "python": sys.version.split()[0],
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),

@@ -65,3 +65,40 @@ def test_a_scenario_form_from_a_node_is_revalidated_as_a_client_request(ledger) 
     # A federation-wide instance draw is the scenario's to make, not a node's.
     text = body(kind="instance", fraction=0.5, clients=[0, 1], origin="scenario")
     assert "may draw only from its own samples" in intake(ledger, 1, "k", text)
+
+
+def test_take_requests_records_acks_and_survives_a_rogue(ledger, fake_grid) -> None:
+    """The whole poll over a grid of built replies: node 7 is honest, node 8 is not."""
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    from fedunlearn import protocol as P
+    from fedunlearn.config import compose
+    from fedunlearn.settings import Job
+    from server.intake import take_requests
+
+    genuine = ForgetRequest(request_id=new_request_id(), kind="class", client=0, cls=2,
+                            origin="client")
+    acked: dict[int, list[str]] = {}
+
+    def answer(msg):
+        node = msg.metadata.dst_node_id
+        acks = msg.content.config_records[P.ACK]
+        if acks:
+            acked[node] = list(acks.values())
+            return Message(RecordDict({P.FOUND: ConfigRecord()}), reply_to=msg)
+        found = ({genuine.request_id: genuine.to_json()} if node == 7
+                 else {"x": "{not json", genuine.request_id: genuine.to_json()})
+        return Message(RecordDict({P.FOUND: ConfigRecord(found)}), reply_to=msg)
+
+    settings = Job.from_config(compose(["scenario=class", "num_clients=2"]))
+    take_requests(fake_grid([7, 8], answer), settings, {0: 7, 1: 8}, ledger)
+    entries = ledger.all()
+    # The scenario's request and client 0's; node 8's two submissions are rejections.
+    assert [e.sender for e in entries] == ["scenario", "client:0"]
+    assert ledger.get(genuine.request_id).sender == "client:0"
+    assert len(ledger.rejections()) == 2
+    # Every submission is acknowledged to the node that sent it, under its own key.
+    assert acked == {7: [genuine.request_id], 8: ["x", genuine.request_id]}
+    # Polled again (a restarted server): nothing is added twice.
+    take_requests(fake_grid([7, 8], answer), settings, {0: 7, 1: 8}, ledger)
+    assert len(ledger.all()) == 2

@@ -4,21 +4,27 @@ import logging
 
 import pytest
 
-from fedunlearn.config import compose
+from fedunlearn.config import compose as compose_config
 from fedunlearn.models import build_model
+from fedunlearn.settings import Job
 from server.methods import check_methods_fit, make_strategy, plan
 from strategies import Architecture, Targets
 from strategies.negation import NoT
 from strategies.reset import RandomReset, TargetedReset
 
 MODEL = build_model("cnn", 10, (1, 28, 28))
+
+
+def compose(overrides=()):
+    """The job's settings for ``overrides``, as the ServerApp reads them."""
+    return Job.from_config(compose_config(list(overrides)))
 TARGETS = Targets([2, 3], [1], "{}")
 
 
 def negated(cfg):
     (spec,) = [s for s in plan(cfg) if s.cls is NoT]
     strategy = make_strategy(spec, cfg, TARGETS)
-    strategy.provide({"model": Architecture(str(cfg.model.name), MODEL)})
+    strategy.provide({"model": Architecture(cfg.model, MODEL)})
     return strategy.negated
 
 

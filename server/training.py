@@ -11,11 +11,10 @@ from pathlib import Path
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-from omegaconf import DictConfig, OmegaConf
 
 from fedunlearn import protocol as P
-from fedunlearn.config import fingerprint, to_payload, training_view
-from fedunlearn.federation import Federation, build_federation, configured_model
+from fedunlearn.federation import Federation
+from fedunlearn.settings import Job
 from server.central import CentralEvaluator
 from server.checkpoint import Checkpoint, cache_path, cached
 from server.nodes import Roster, discover_partitions
@@ -34,6 +33,7 @@ class TrainOutcome:
     examples any of its replies may claim.
     """
 
+    settings: Job
     checkpoint: Checkpoint
     nodes: dict[int, int]
     limits: dict[int, int]
@@ -44,51 +44,53 @@ class TrainOutcome:
     seconds: float
 
 
-def train_global(grid: Grid, cfg: DictConfig, out_dir: Path) -> TrainOutcome:
+def train_global(grid: Grid, settings: Job, federation: Federation,
+                 out_dir: Path) -> TrainOutcome:
     """Train the global model with FedAvg on every client, or reload it from the cache.
 
     Parameters
     ----------
     grid : Grid
         Flower's grid.
-    cfg : DictConfig
-        The composed config.
+    settings : Job
+        The job's settings.
+    federation : Federation
+        Who holds which samples (built from the same config).
     out_dir : Path
         The run's output folder: ``metrics.jsonl``, ``global.pt``, ``train.json``.
     """
     started = time.perf_counter()
-    federation = build_federation(cfg)
-    timeout = float(cfg.train.round_timeout)
-    payload = ConfigRecord({P.PAYLOAD: to_payload(cfg)})
-    roster = discover_partitions(grid, int(cfg.num_clients), float(cfg.train.node_timeout),
-                                 payload)
+    t = settings.train
+    payload = ConfigRecord({P.PAYLOAD: settings.payload})
+    roster = discover_partitions(grid, settings.num_clients, t.node_timeout, payload)
     nodes = roster.nodes
     limits = node_limits(roster, federation)
     LOG.info("federation: %d clients on nodes %s", len(nodes), list(nodes.values()))
-    evaluator = CentralEvaluator(cfg, federation)
-    key = fingerprint(cfg)
-    ckpt = cached(cfg.cache_dir, key) if cfg.reuse_trained else None
+    evaluator = CentralEvaluator(settings, federation)
+    key = settings.fingerprint
+    ckpt = cached(settings.cache_dir, key) if settings.reuse_trained else None
     reused = ckpt is not None
     if ckpt is not None:
-        LOG.info("reusing the trained model %s (config unchanged)", cache_path(cfg.cache_dir, key))
+        LOG.info("reusing the trained model %s (config unchanged)",
+                 cache_path(settings.cache_dir, key))
     else:
-        model = configured_model(cfg, federation, seed=int(cfg.seed))
+        model = settings.build_model(federation, seed=settings.seed)
         initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
         strategy = FederatedAveraging(
             participants=list(nodes.values()),
-            fraction_train=float(cfg.train.fraction_train),
-            seed=int(cfg.seed),
+            fraction_train=t.fraction_train,
+            seed=settings.seed,
             limits=limits,
-            aggregator=aggregator(cfg),
+            aggregator=aggregator(settings),
         )
         run_log = RunLog(out_dir)
         final = strategy.run_rounds(
             grid,
             ArrayRecord(initial),
-            rounds=int(cfg.train.rounds),
-            config=ConfigRecord({P.PAYLOAD: to_payload(cfg), P.PHASE: "train"}),
+            rounds=t.rounds,
+            config=ConfigRecord({P.PAYLOAD: settings.payload, P.PHASE: "train"}),
             evaluate_fn=evaluator,
-            timeout=timeout,
+            timeout=t.round_timeout,
             phase="train",
             on_round=run_log,
         )
@@ -97,11 +99,11 @@ def train_global(grid: Grid, cfg: DictConfig, out_dir: Path) -> TrainOutcome:
             initial=initial,
             final=final.to_torch_state_dict(),
             history=[r.as_dict() for r in run_log.records],
-            config=training_view(cfg),
+            config=dict(settings.training_view),
             refused=[{"round": r, "node": n, "reason": why} for r, n, why in strategy.refused],
         )
         # Saved either way, for inspection; cached() reuses only a clean run's model.
-        ckpt.save(cache_path(cfg.cache_dir, key))
+        ckpt.save(cache_path(settings.cache_dir, key))
         if ckpt.refused:
             LOG.warning("training refused %d replies: the model is not reused from the cache",
                         len(ckpt.refused))
@@ -111,18 +113,19 @@ def train_global(grid: Grid, cfg: DictConfig, out_dir: Path) -> TrainOutcome:
     summary = {
         "fingerprint": key,
         "reused": reused,
-        "rounds": int(cfg.train.rounds),
+        "rounds": t.rounds,
         "test_accuracy": accuracy,
         "seconds": seconds,
         "nodes": {str(k): v for k, v in nodes.items()},
-        "aggregation": str(cfg.train.aggregation.name),
+        "aggregation": t.aggregation,
         "refused": ckpt.refused,
         "history": ckpt.history,
     }
     (out_dir / "train.json").write_text(json.dumps(summary, indent=2))
     LOG.info("global model: test accuracy %.2f%% (%s, %.1f s)", 100 * accuracy,
              "reused" if reused else "trained", seconds)
-    return TrainOutcome(ckpt, nodes, limits, federation, evaluator, reused, accuracy, seconds)
+    return TrainOutcome(settings, ckpt, nodes, limits, federation, evaluator, reused, accuracy,
+                        seconds)
 
 
 def node_limits(roster: Roster, federation: Federation) -> dict[int, int]:
@@ -143,8 +146,6 @@ def node_limits(roster: Roster, federation: Federation) -> dict[int, int]:
     return limits
 
 
-def aggregator(cfg: DictConfig) -> FedAvg:
+def aggregator(settings: Job) -> FedAvg:
     """The aggregation rule of ``train.aggregation`` (:func:`strategies.robust.make_aggregator`)."""
-    section = OmegaConf.to_container(cfg.train.aggregation, resolve=True)
-    assert isinstance(section, dict)
-    return make_aggregator(str(section.pop("name")), **section)
+    return make_aggregator(settings.train.aggregation, **settings.train.aggregation_options)

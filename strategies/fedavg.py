@@ -152,6 +152,9 @@ class FederatedAveraging(FedAvg):
                 self.refused.append((server_round, node, reason))
         if not usable:
             return None, None
+        # In node order, not arrival order: a float sum depends on its order, and a run
+        # must repeat bit for bit under its seed whichever node answers first.
+        usable.sort(key=lambda m: reply_node(m, self._sent))
         # Costs of every usable reply, before a robust rule drops some (or pops arrays).
         metrics = self.train_metrics_aggr_fn([m.content for m in usable], self.weighted_by_key)
         if self.aggregator is None:

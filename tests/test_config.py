@@ -16,9 +16,9 @@ from fedunlearn.config import (
     fingerprint,
     from_payload,
     group_options,
-    rules,
     to_payload,
 )
+from fedunlearn.rules import rules
 
 
 def test_defaults_compose():

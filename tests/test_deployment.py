@@ -119,15 +119,20 @@ def wait_until(predicate, timeout, what):
         time.sleep(0.5)
 
 
+def forget_half(cmd, home, client):
+    """``fedunlearn forget`` half of ``client``'s samples into its node's outbox; the id."""
+    recorded = subprocess.run(
+        [*cmd, "forget", "--outbox", str(outbox_path(home, client)), "--client", str(client),
+         "--kind", "instance", "--fraction", "0.5"], capture_output=True, text=True)
+    assert recorded.returncode == 0, recorded.stderr
+    return recorded.stdout.split()[-1]
+
+
 @pytest.mark.integration
 def test_two_rounds_over_grpc_then_a_clients_request(tmp_path, fedunlearn_cmd):
     home = tmp_path / "flwr"
     # On client 1's machine, its user asks to forget half of its samples.
-    recorded = subprocess.run(
-        [*fedunlearn_cmd, "forget", "--outbox", str(outbox_path(home, 1)), "--client", "1",
-         "--kind", "instance", "--fraction", "0.5"], capture_output=True, text=True)
-    assert recorded.returncode == 0, recorded.stderr
-    request_id = recorded.stdout.split()[-1]
+    request_id = forget_half(fedunlearn_cmd, home, 1)
     args = overrides(tmp_path, f"runtime.flwr_home={home}", "scenario=none",
                      "unlearn.methods=[FT]", "unlearn.recovery_rounds=1")
     result = deploy(compose(args), args, tmp_path / "out")

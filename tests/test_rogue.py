@@ -10,7 +10,6 @@ fatal), leave the genuine request alone and answer it.
 """
 
 import json
-import subprocess
 
 import pytest
 
@@ -22,7 +21,7 @@ from fedunlearn.runtime.cluster import outbox_path
 from fedunlearn.runtime.deployment import deploy
 from fedunlearn.runtime.flwr_cli import APP_DIR
 from server.checkpoint import Checkpoint, cache_path, cached
-from tests.test_deployment import assert_all_stopped, overrides
+from tests.test_deployment import assert_all_stopped, forget_half, overrides
 
 pytestmark = pytest.mark.integration
 
@@ -51,11 +50,7 @@ def rogue_app_dir(tmp_path, bodies):
 
 def test_a_rogue_node_neither_crashes_nor_poisons_the_federation(tmp_path, fedunlearn_cmd):
     home = tmp_path / "flwr"
-    recorded = subprocess.run(
-        [*fedunlearn_cmd, "forget", "--outbox", str(outbox_path(home, 0)), "--client", "0",
-         "--kind", "instance", "--fraction", "0.5"], capture_output=True, text=True)
-    assert recorded.returncode == 0, recorded.stderr
-    genuine_id = recorded.stdout.split()[-1]
+    genuine_id = forget_half(fedunlearn_cmd, home, 0)
     with Outbox(outbox_path(home, 0)) as box:
         genuine = box.unsent()[0].to_json()
     bodies = [

@@ -71,3 +71,16 @@ def test_multirun_sweep(fedunlearn_cmd, tmp_path):
     summaries = [json.loads((tmp_path / "sweep" / str(job) / "train.json").read_text())
                  for job in (0, 1)]
     assert summaries[0]["fingerprint"] != summaries[1]["fingerprint"]  # two seeds, two models
+
+
+def test_a_seed_repeats_the_model_bit_for_bit(fedunlearn_cmd, tmp_path):
+    # Two clients train at once in Ray: their replies arrive in either order, and the
+    # aggregate must not depend on it.
+    models = []
+    for attempt in ("a", "b"):
+        (tmp_path / attempt).mkdir()
+        done = run(fedunlearn_cmd, tmp_path / attempt, "reuse_trained=false")
+        assert done.returncode == 0, done.stderr[-2000:]
+        models.append(torch.load(tmp_path / attempt / "out" / "global.pt",
+                                 weights_only=True)["final"])
+    assert all(torch.equal(models[0][k], models[1][k]) for k in models[0])

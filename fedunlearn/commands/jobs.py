@@ -34,10 +34,10 @@ from fedunlearn.config import (
     compose,
     compose_sweep,
     method_overrides,
-    validate,
 )
 from fedunlearn.errors import UserError, first_line, report
 from fedunlearn.requests import RequestRefused
+from fedunlearn.rules import validate
 
 __all__ = ["preflight", "run_command", "train_command"]
 
@@ -77,7 +77,7 @@ def preflight(cfg: DictConfig) -> None:
     Parameters
     ----------
     cfg : DictConfig
-        A config :func:`~fedunlearn.config.validate` accepted.
+        A config :func:`~fedunlearn.rules.validate` accepted.
 
     Raises
     ------
@@ -86,8 +86,9 @@ def preflight(cfg: DictConfig) -> None:
     DatasetNotFoundError
         The data set is not under ``dataset.root``.
     """
-    from fedunlearn.federation import build_federation, configured_model
+    from fedunlearn.federation import build_federation
     from fedunlearn.requests import materialize
+    from fedunlearn.settings import Job
     from fedunlearn.training import pick_device
     from fedunlearn.unlearning.curvature import resolve_estimator
     from server.intake import scheduled_request
@@ -95,21 +96,22 @@ def preflight(cfg: DictConfig) -> None:
     from server.training import aggregator
     from strategies import METHODS
 
-    _keyed("runtime.device", pick_device, str(cfg.runtime.device))
+    settings = Job.from_config(cfg)
+    _keyed("runtime.device", pick_device, settings.device)
     # One call loads, partitions and poisons the data: any of these sections can be at fault.
     federation = _keyed("dataset/partition/attack", build_federation, cfg)
     # Seeded: a build under the global RNG would move what the job draws afterwards.
-    model = _keyed("model", configured_model, cfg, federation, seed=int(cfg.seed))
-    _keyed("train.aggregation", aggregator, cfg)
+    model = _keyed("model", settings.build_model, federation, seed=settings.seed)
+    _keyed("train.aggregation", aggregator, settings)
     # Each method given the model as the server will give it (NoT resolves its layers).
     try:  # the methods' messages name their own keys (unlearn.not.layers: ...)
-        check_methods_fit(cfg, model)
+        check_methods_fit(settings, model)
     except ValueError as exc:
         raise ConfigError(first_line(exc)) from exc
     if any("curvature" in METHODS[name].needs for name in cfg.unlearn.methods):
         _keyed("unlearn.curvature.estimator", resolve_estimator, model,
                str(cfg.unlearn.curvature.estimator))
-    request = _keyed("scenario.request", scheduled_request, cfg)
+    request = _keyed("scenario.request", scheduled_request, settings)
     if request is not None:
         _keyed("scenario.request", materialize, request, federation.train_ids,
                federation.splits.train.labels.numpy(), federation.poisoned)

@@ -4,6 +4,9 @@ Builders take the federation's partitions (one sorted id array per client, as
 made by :mod:`fedunlearn.data.partition`) and return a :class:`ForgetSet`. The
 backdoor scenario also needs the poisoned data itself: :func:`poison` stamps a
 trigger patch (:func:`add_trigger`) on chosen rows and relabels them.
+
+Why one module of ~370 lines: every forget-set builder and the backdoor poisoning
+share the ForgetSet invariants checked here; half the lines are their documentation.
 """
 
 from __future__ import annotations

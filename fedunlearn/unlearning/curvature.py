@@ -35,6 +35,9 @@ BackPACK refuses BatchNorm in training mode, per-sample Jacobians (``exact_func`
 each sample's output to depend on that sample only, which training-mode BatchNorm breaks,
 and dropout would make the curvature random. The curvature is thus that of the model as
 it is evaluated.
+
+Why one module of ~440 lines: every curvature estimator behind one interface, each
+checked against the same exact references; their docstrings carry the definitions.
 """
 
 from __future__ import annotations

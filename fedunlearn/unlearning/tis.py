@@ -14,6 +14,9 @@ fraction ``gamma`` of the tensor's total TIS is reset to its initial (pre-traini
 
 Recovery (TRIM, paper Appendix 2) then fine-tunes only the reset entries on retained data:
 :func:`trim_mask` gives the mask for ``fedunlearn.training.train(trainable_mask=...)``.
+
+Why one module of ~430 lines: the TIS algorithm end to end (Eq. 28-30, selection,
+reset, TRIM's mask) with the paper's equations in the docstrings.
 """
 
 from __future__ import annotations
