@@ -60,9 +60,9 @@ class Federation:
         return self.splits.train.subset(self.val_ids[client])
 
 
-def configured_model(cfg: DictConfig, federation: Federation,
-                     seed: int | None = None) -> torch.nn.Module:
-    """A model of ``cfg.model`` for this federation's data (classes, input shape).
+def model_for(name: str, options: Mapping[str, Any], federation: Federation,
+              seed: int | None = None) -> torch.nn.Module:
+    """A model ``name`` (with ``options``) for this federation's data (classes, input shape).
 
     Parameters
     ----------
@@ -70,13 +70,6 @@ def configured_model(cfg: DictConfig, federation: Federation,
         Build deterministically under this seed (the initial weights); ``None`` leaves
         the initialization to the caller (weights are loaded right after).
     """
-    return model_for(str(cfg.model.name), dict(cfg.model.options or {}), federation, seed)
-
-
-def model_for(name: str, options: Mapping[str, Any], federation: Federation,
-              seed: int | None = None) -> torch.nn.Module:
-    """A model ``name`` (with ``options``) for this federation's classes and input shape;
-    deterministic under ``seed`` when given (see :func:`configured_model`)."""
     splits = federation.splits
     if seed is None:
         return build_model(name, splits.num_classes, splits.in_shape, **options)

@@ -108,9 +108,9 @@ def preflight(cfg: DictConfig) -> None:
         check_methods_fit(settings, model)
     except ValueError as exc:
         raise ConfigError(first_line(exc)) from exc
-    if any("curvature" in METHODS[name].needs for name in cfg.unlearn.methods):
+    if any("curvature" in METHODS[name].needs for name in settings.methods):
         _keyed("unlearn.curvature.estimator", resolve_estimator, model,
-               str(cfg.unlearn.curvature.estimator))
+               settings.curvature.estimator)
     request = _keyed("scenario.request", scheduled_request, settings)
     if request is not None:
         _keyed("scenario.request", materialize, request, federation.train_ids,

@@ -3,6 +3,8 @@
 References are computed in float64 from full matrices, independently of the code under
 test: the Hessian with ``torch.autograd.functional.hessian`` over the flattened
 parameters, the GGN as ``mean_n J_n^T (diag(p_n) - p_n p_n^T) J_n`` from full Jacobians.
+
+Why one file of ~390 lines: every estimator against the same two exact references.
 """
 
 from __future__ import annotations
