@@ -23,6 +23,7 @@ commands:
            each with every method in unlearn.methods, write report.md, JSON, plots
   train    train the global model with FedAvg only
   forget   record a forget request on a client machine (see `fedunlearn forget -h`)
+  receipt  export a ledger's signed receipts, or verify a receipt and the chain
 
 runtime=simulation (default) runs Flower's Ray simulation; runtime=deployment starts a
 local SuperLink and SuperNodes and runs the same apps over gRPC.
@@ -36,6 +37,7 @@ COMMANDS: dict[str, str] = {
     "run": "fedunlearn.commands.jobs:run_command",
     "train": "fedunlearn.commands.jobs:train_command",
     "forget": "fedunlearn.commands.forget:forget_command",
+    "receipt": "fedunlearn.commands.receipt:receipt_command",
 }
 
 

@@ -34,6 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fedunlearn.receipts import GENESIS, receipt_hash, seal
 from fedunlearn.requests import ForgetRequest, RequestRefused
 from fedunlearn.sqlite import SQLiteFile, now, transaction
 
@@ -276,8 +279,13 @@ class Ledger(SQLiteFile):
         """``received`` or ``running`` -> ``failed`` with a one-line ``reason``."""
         self._transition(request_id, "fail", reason)
 
-    def add_receipt(self, request_id: str, method: str, receipt: Mapping[str, Any]) -> None:
-        """Store the receipt of one method for a request; re-adding replaces it.
+    def add_receipt(self, request_id: str, method: str, receipt: Mapping[str, Any],
+                    key: Ed25519PrivateKey | None = None) -> dict[str, Any]:
+        """Append the receipt of one method for a request to the chain of receipts.
+
+        With ``key``, the receipt is sealed inside the same transaction: chained to
+        the last receipt of the ledger and signed (:func:`fedunlearn.receipts.seal`),
+        so no two receipts can claim the same predecessor.
 
         Parameters
         ----------
@@ -288,18 +296,39 @@ class Ledger(SQLiteFile):
         receipt : mapping
             JSON-serializable; e.g. timings, bytes, and model
             :func:`~fedunlearn.digest.digest` values.
+        key : Ed25519PrivateKey, optional
+            The server's signing key.
+
+        Returns
+        -------
+        dict
+            The receipt as stored (sealed when ``key`` was given).
+
+        Raises
+        ------
+        LedgerError
+            Unknown request, not a mapping, or the method already has a receipt for
+            it (a receipt is never replaced: that would break the chain).
         """
         if not isinstance(receipt, Mapping):
             raise LedgerError(f"a receipt must be a mapping, got {type(receipt).__name__}")
-        body = json.dumps(dict(receipt), sort_keys=True)
         with transaction(self._conn) as conn:
             self._state(conn, request_id)  # raises on an unknown id
+            taken = conn.execute("SELECT 1 FROM receipts WHERE request_id = ? AND method = ?",
+                                 (request_id, method)).fetchone()
+            if taken:
+                raise LedgerError(f"request '{request_id}' already has a {method} receipt")
+            stored = dict(receipt)
+            if key is not None:
+                last = conn.execute(
+                    "SELECT body FROM receipts ORDER BY rowid DESC LIMIT 1").fetchone()
+                previous = receipt_hash(json.loads(last[0])) if last else GENESIS
+                stored = seal(receipt, key, previous)
             conn.execute(
-                "INSERT INTO receipts (request_id, method, body, created) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (request_id, method) DO UPDATE SET "
-                "body = excluded.body, created = excluded.created",
-                (request_id, method, body, now()),
+                "INSERT INTO receipts (request_id, method, body, created) VALUES (?, ?, ?, ?)",
+                (request_id, method, json.dumps(stored, sort_keys=True), now()),
             )
+        return stored
 
     # ---- reads ---------------------------------------------------------------
     def get(self, request_id: str) -> LedgerEntry:
@@ -346,6 +375,11 @@ class Ledger(SQLiteFile):
     def all(self) -> list[LedgerEntry]:
         """Every recorded request, oldest first."""
         return self._entries("")
+
+    def chain(self) -> list[dict[str, Any]]:
+        """Every receipt of the ledger in the order they were added (the hash chain)."""
+        rows = self._conn.execute("SELECT body FROM receipts ORDER BY rowid").fetchall()
+        return [json.loads(body) for (body,) in rows]
 
     def receipts(self, request_id: str) -> dict[str, dict[str, Any]]:
         """The receipts of a request by method, in the order they were (last) added."""

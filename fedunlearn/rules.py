@@ -242,6 +242,8 @@ def rules() -> dict[str, Rule]:
         # null means "as many as training"; so would 0 (`retrain_rounds or train.rounds`).
         "unlearn.retrain_rounds": _int(1, null=True),
         "unlearn.recovery_lr": _num(0, low_open=True, null=True),
+        "unlearn.recovery_epsilon": _num(0, 1, null=True),
+        "unlearn.recovery_max_rounds": _int(1),
     }
     # Each method's own section (unlearn.<section>, conf/unlearn/method/) is checked by
     # the method itself: strategies.registry, in _check_combinations.
@@ -251,6 +253,7 @@ def rules() -> dict[str, Rule]:
         "unlearn.evaluate.max_retain": _int(1, null=True),
         "unlearn.evaluate.owned_share": fraction,
         "unlearn.ledger": Rule("text"),
+        "unlearn.state_dir": Rule("text", null=True),
         "unlearn.curvature.estimator": _one_of(ESTIMATORS),
         "unlearn.curvature.batch_size": _int(1),
         "unlearn.curvature.mc_samples": _int(1),

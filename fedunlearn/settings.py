@@ -89,11 +89,14 @@ class Job:
     recovery_rounds: int
     retrain_rounds: int
     recovery_lr: float
+    recovery_epsilon: float | None
+    recovery_max_rounds: int
     scenario: str
     request: Mapping[str, Any] | None
     cache_dir: str
     reuse_trained: bool
     ledger: str
+    state_dir: str | None
     flower_log_level: str
     payload: str
     fingerprint: str
@@ -133,11 +136,15 @@ class Job:
             # null means "as many rounds as the original training", "the training lr".
             retrain_rounds=int(un["retrain_rounds"] or t["rounds"]),
             recovery_lr=float(un["recovery_lr"] or t["lr"]),
+            recovery_epsilon=(None if un["recovery_epsilon"] is None
+                              else float(un["recovery_epsilon"])),
+            recovery_max_rounds=int(un["recovery_max_rounds"]),
             scenario=str(plain["scenario"]["name"]),
             request=plain["scenario"].get("request"),
             cache_dir=str(plain["cache_dir"]),
             reuse_trained=bool(plain["reuse_trained"]),
             ledger=str(un["ledger"]),
+            state_dir=un.get("state_dir"),
             flower_log_level=str(plain["flower_log_level"]),
             payload=to_payload(cfg),
             fingerprint=fingerprint(cfg),

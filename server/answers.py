@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 
@@ -37,8 +38,8 @@ from strategies import Targets
 LOG = logging.getLogger("fedunlearn")
 
 
-def answer_requests(grid: Grid, outcome: TrainOutcome, out_dir: Path,
-                    ledger: Ledger) -> tuple[list[dict], list[dict]]:
+def answer_requests(grid: Grid, outcome: TrainOutcome, out_dir: Path, ledger: Ledger,
+                    key: Ed25519PrivateKey | None = None) -> tuple[list[dict], list[dict]]:
     """Answer every pending request of the ledger with every configured method.
 
     Returns
@@ -62,7 +63,7 @@ def answer_requests(grid: Grid, outcome: TrainOutcome, out_dir: Path,
             continue
         ledger.start(request.request_id)
         try:
-            rows_r, curves_r = _answer(grid, outcome, out_dir, ledger, request, forget)
+            rows_r, curves_r = _answer(grid, outcome, out_dir, ledger, request, forget, key)
         except Exception as exc:  # the federation keeps serving the other requests
             ledger.fail(request.request_id, f"{type(exc).__name__}: {exc}".splitlines()[0])
             LOG.exception("request %s failed", request.request_id)
@@ -76,7 +77,8 @@ def answer_requests(grid: Grid, outcome: TrainOutcome, out_dir: Path,
 
 
 def _answer(grid: Grid, outcome: TrainOutcome, out_dir: Path, ledger: Ledger,
-            request: ForgetRequest, forget: ForgetSet) -> tuple[list[dict], list[dict]]:
+            request: ForgetRequest, forget: ForgetSet,
+            key: Ed25519PrivateKey | None) -> tuple[list[dict], list[dict]]:
     federation = outcome.federation
     nodes = outcome.nodes
     retain_clients = [c for c in range(federation.num_clients)
@@ -127,7 +129,8 @@ def _answer(grid: Grid, outcome: TrainOutcome, out_dir: Path, ledger: Ledger,
             "refused_replies": run.refused,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        ledger.add_receipt(request.request_id, name, receipt)
+        # Sealed in the ledger: chained to the receipt before it, signed by the server.
+        receipt = ledger.add_receipt(request.request_id, name, receipt, key)
         (model_dir / f"{name}.receipt.json").write_text(json.dumps(receipt, indent=2))
         LOG.info("request %s: %s done: %s | %.2e bytes, %.2e FLOPs, %.1f s", request.request_id,
                  name, _fmt(run.metrics), run.cost["bytes"], run.cost["flops"],

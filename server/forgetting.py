@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.serverapp import Grid
 
 from fedunlearn.ledger import Ledger
+from fedunlearn.receipts import load_or_create_key, write_public_key
 from fedunlearn.settings import Job
 from server.answers import answer_requests
 from server.intake import take_requests
@@ -23,6 +25,16 @@ def ledger_path(settings: Job, out_dir: Path) -> Path:
     return path if path.is_absolute() else out_dir / path
 
 
+def signing_key(settings: Job, ledger: Path) -> Ed25519PrivateKey:
+    """The server's receipt-signing key (made once, kept 0600 in its state folder); its
+    public half is written beside the ledger and named in the log."""
+    state = Path(settings.state_dir) if settings.state_dir else ledger.parent / "state"
+    key = load_or_create_key(state)
+    public = write_public_key(key, ledger.with_suffix(".pub.pem"))
+    LOG.info("receipts are signed by %s; public key: %s", state / "server-key.pem", public)
+    return key
+
+
 def forget_requested(grid: Grid, outcome: TrainOutcome, out_dir: Path) -> dict:
     """Take requests into the ledger, answer them with every method, write the report.
 
@@ -32,9 +44,11 @@ def forget_requested(grid: Grid, outcome: TrainOutcome, out_dir: Path) -> dict:
         The report's files by name (empty when no request was answered).
     """
     settings = outcome.settings
-    with Ledger(ledger_path(settings, out_dir)) as ledger:
+    path = ledger_path(settings, out_dir)
+    key = signing_key(settings, path)
+    with Ledger(path) as ledger:
         take_requests(grid, settings, outcome.nodes, ledger)
-        rows, curves = answer_requests(grid, outcome, out_dir, ledger)
+        rows, curves = answer_requests(grid, outcome, out_dir, ledger, key)
     if not rows:
         LOG.info("no request to answer")
         return {}

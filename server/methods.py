@@ -55,7 +55,9 @@ def recovery(settings: Job) -> Recovery:
     """The settings every method shares."""
     return Recovery(train_rounds=settings.retrain_rounds,
                     recovery_rounds=settings.recovery_rounds, lr=settings.recovery_lr,
-                    local_epochs=settings.train.local_epochs)
+                    local_epochs=settings.train.local_epochs,
+                    epsilon=settings.recovery_epsilon,
+                    max_rounds=settings.recovery_max_rounds)
 
 
 def make_strategy(spec: MethodSpec, settings: Job, targets: Targets,
@@ -170,6 +172,7 @@ def run_method(grid: Grid, spec: MethodSpec, outcome: TrainOutcome,
         "seconds": result.perturb_seconds + sum(r.seconds - r.eval_seconds for r in records),
         "rounds": len(records),
     }
+    cost["bytes"] += strategy.validation_bytes  # adaptive recovery's federated evaluation
     refused = [{"round": r, "node": n, "reason": why} for r, n, why in strategy.refused]
     for provision in provisions.values():
         if isinstance(provision, Curvature):

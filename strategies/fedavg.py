@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from flwr.app import (
     ArrayRecord,
@@ -24,7 +24,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedunlearn import protocol as P
-from strategies.replies import Signature, check_train_reply, reply_node, signature
+from strategies.replies import Signature, check_metrics, check_train_reply, reply_node, signature
 from strategies.rounds import EvaluateFn, OnRound, RoundError, RoundRecord
 
 LOG = logging.getLogger("fedunlearn")
@@ -107,6 +107,7 @@ class FederatedAveraging(FedAvg):
         self.extra_records: dict[str, ArrayRecord] = {}
         # (round, node id, reason) for every reply refused so far.
         self.refused: list[tuple[int, int, str]] = []
+        self.validation_bytes = 0
 
     def select_nodes(self, grid: Grid) -> list[int]:
         """The nodes that train this round: a seeded sample of the participants."""
@@ -174,6 +175,7 @@ class FederatedAveraging(FedAvg):
         timeout: float,
         phase: str,
         on_round: OnRound | None = None,
+        until: Callable[[int, ArrayRecord], bool] | None = None,
     ) -> ArrayRecord:
         """Run ``rounds`` rounds from ``arrays``; return the global model after the last.
 
@@ -195,6 +197,9 @@ class FederatedAveraging(FedAvg):
             Name recorded with each round (``"train"``, ``"NoT:recovery"`` ...).
         on_round : callable, optional
             Receives each round's :class:`~strategies.rounds.RoundRecord`.
+        until : callable, optional
+            ``until(server_round, arrays)``: stop early once it is true (``rounds`` is
+            then the most that run).
 
         Raises
         ------
@@ -225,4 +230,33 @@ class FederatedAveraging(FedAvg):
             )
             if on_round:
                 on_round(record)
+            if until is not None and until(rnd, arrays):
+                break
         return arrays
+
+    def validate(self, grid: Grid, arrays: ArrayRecord, nodes: Sequence[int],
+                 config: ConfigRecord, timeout: float) -> float | None:
+        """Federated evaluation: the nodes' validation accuracy of ``arrays``.
+
+        Each node scores the model on its own validation split (Flower's ``evaluate``
+        message); the result is the mean weighted by their validation sizes, or None
+        when no reply is usable (refused replies are recorded as in training).
+        """
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        sent = [Message(content=record, message_type=MessageType.EVALUATE, dst_node_id=n)
+                for n in nodes]
+        # What validation costs on the wire: the model to every node (replies are scalars).
+        self.validation_bytes += arrays.count_bytes() * len(sent)
+        total = correct = 0.0
+        for reply in grid.send_and_receive(sent, timeout=timeout):
+            reason = check_metrics(reply, self.weighted_by_key)
+            if reason is None and "accuracy" not in reply.content.metric_records[P.METRICS]:
+                reason = "MetricRecord lacks 'accuracy'"
+            if reason is not None:
+                self.refused.append((0, reply_node(reply, sent), f"validation: {reason}"))
+                continue
+            metrics = reply.content.metric_records[P.METRICS]
+            weight = float(metrics[self.weighted_by_key])
+            total += weight
+            correct += weight * float(metrics["accuracy"])
+        return correct / total if total else None

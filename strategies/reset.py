@@ -70,7 +70,8 @@ class TargetedReset(UnlearningStrategy):
 
     def results(self) -> dict[str, float]:
         """gamma and the share of entries reset (after :meth:`perturb`)."""
-        return {"gamma": self.gamma, "reset_fraction": reset_fraction(self.mask)}
+        return {**super().results(), "gamma": self.gamma,
+                "reset_fraction": reset_fraction(self.mask)}
 
     def choose(self) -> Mask:
         """The entries to reset: :func:`select` of the TIS scores at ``gamma``."""

@@ -14,4 +14,6 @@ class Retrain(UnlearningStrategy):
 
     def phases(self) -> list[Phase]:
         """``train_rounds`` rounds on retained data."""
-        return [self.recovery(self.recovery_settings.train_rounds, name="retrain")]
+        # The gold standard runs as many rounds as the original training, never fewer.
+        return [self.recovery(self.recovery_settings.train_rounds, name="retrain",
+                              adaptive=False)]

@@ -147,3 +147,51 @@ def test_a_round_without_usable_replies_is_a_typed_error(fake_grid):
         strategy.run(fake_grid([1, 2, 3]), state(), state(), config=ConfigRecord(),
                      evaluate_fn=None, timeout=0.1)
     assert isinstance(err.value, AggregationError)  # Flower's own aggregation error
+
+
+def test_adaptive_recovery_stops_when_validation_is_back(fake_grid):
+    from flwr.app import MessageType
+
+    # The nodes' validation accuracy: 0.9 for the trained model, then per recovery round.
+    scores = iter([0.9, 0.9, 0.5, 0.5, 0.85, 0.85, 0.895, 0.895, 0.99, 0.99])
+    train = echo(0.5)
+
+    def answer(msg):
+        if msg.metadata.message_type == MessageType.EVALUATE:
+            metrics = MetricRecord({P.NUM_EXAMPLES: 5, "accuracy": next(scores)})
+            return Message(RecordDict({P.METRICS: metrics}), reply_to=msg)
+        return train(msg)
+
+    adaptive = Recovery(train_rounds=20, recovery_rounds=4, lr=0.01, local_epochs=1,
+                        epsilon=0.01, max_rounds=10)
+    strategy = FineTune(CLIENT_WISE, adaptive)
+    grid = fake_grid([1, 2, 3], answer)
+    result = strategy.run(grid, state(), state(), config=ConfigRecord(), evaluate_fn=None,
+                          timeout=1.0)
+    # 0.5 and 0.85 are more than 1 point below 0.9; 0.895 is within: 3 rounds, not 4 or 10.
+    assert len(result.records) == 3
+    assert strategy.results() == pytest.approx({"val_before": 0.9, "val_after": 0.895,
+                                                "recovery_rounds_used": 3})
+    assert strategy.validation_bytes > 0
+    # Retrain never stops early: the gold standard runs its rounds.
+    assert [p.adaptive for p in built(Retrain).phases()] == [False]
+
+
+def test_adaptive_recovery_runs_at_most_max_rounds(fake_grid):
+    from flwr.app import MessageType
+
+    evaluated = []
+
+    def answer(msg):
+        if msg.metadata.message_type == MessageType.EVALUATE:
+            evaluated.append(msg)  # the trained model (2 retain nodes) scores 0.9, then 0.1
+            metrics = MetricRecord({P.NUM_EXAMPLES: 5,
+                                    "accuracy": 0.9 if len(evaluated) <= 2 else 0.1})
+            return Message(RecordDict({P.METRICS: metrics}), reply_to=msg)
+        return echo(0.5)(msg)
+
+    grid = fake_grid([1, 2, 3], answer)
+    strategy = FineTune(CLIENT_WISE, Recovery(20, 4, 0.01, 1, epsilon=0.0, max_rounds=3))
+    result = strategy.run(grid, state(), state(), config=ConfigRecord(), evaluate_fn=None,
+                          timeout=1.0)
+    assert len(result.records) == 3 and strategy.results()["val_after"] == 0.1

@@ -17,7 +17,7 @@ the phase's participants (the way Flower's FedProx adds ``proximal-mu``).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -69,6 +69,8 @@ class Phase:
     rounds: int
     participants: list[int]
     order: dict[str, Any] = field(default_factory=dict)
+    # A recovery phase may stop early (Recovery.epsilon): its rounds are then the most.
+    adaptive: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,12 +87,20 @@ class Recovery:
         Learning rate of those rounds.
     local_epochs : int
         Local epochs per round.
+    epsilon : float, optional
+        Adaptive recovery: a recovery phase stops once the retain nodes' validation
+        accuracy is back within ``epsilon`` (a fraction, e.g. 0.01) of the trained
+        model's, after at most ``max_rounds``; None runs ``recovery_rounds`` rounds.
+    max_rounds : int
+        The most rounds of an adaptive recovery phase.
     """
 
     train_rounds: int
     recovery_rounds: int
     lr: float
     local_epochs: int
+    epsilon: float | None = None
+    max_rounds: int = 0
 
 
 @dataclass(frozen=True)
@@ -144,6 +154,7 @@ class UnlearningStrategy(FederatedAveraging):
         self.recovery_settings = recovery
         self.label = self.name
         self.phase: Phase | None = None
+        self.validation: dict[str, float | None] = {}
 
     # ---- what a method says --------------------------------------------------------
     @classmethod
@@ -163,8 +174,10 @@ class UnlearningStrategy(FederatedAveraging):
         """
 
     def results(self) -> dict[str, float]:
-        """Method-specific numbers for the report (e.g. TIS's share of reset entries)."""
-        return {}
+        """Method-specific numbers for the report (e.g. TIS's share of reset entries);
+        with adaptive recovery, the validation accuracy before and after and the
+        recovery rounds used."""
+        return {k: v for k, v in self.validation.items() if v is not None}
 
     def perturb(self, trained: StateDict, initial: StateDict) -> StateDict:
         """The weights the phases start from; the base keeps the trained ones."""
@@ -174,13 +187,13 @@ class UnlearningStrategy(FederatedAveraging):
         """The rounds after the perturbation; the base fine-tunes on retained data."""
         return [self.recovery(self.recovery_settings.recovery_rounds)]
 
-    def recovery(self, rounds: int, name: str = "recovery") -> Phase:
-        """FedAvg on retained data of the retain nodes only."""
+    def recovery(self, rounds: int, name: str = "recovery", adaptive: bool = True) -> Phase:
+        """FedAvg on retained data of the retain nodes only (adaptive unless told not)."""
         r = self.recovery_settings
         return Phase(name, rounds, self.targets.retain_nodes, {
             P.DATA: "retain", P.MODE: "descent", P.LR: r.lr, P.EPOCHS: r.local_epochs,
             P.REQUEST: self.targets.request_json,
-        })
+        }, adaptive=adaptive)
 
     # ---- running ---------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -223,12 +236,39 @@ class UnlearningStrategy(FederatedAveraging):
             if on_round:
                 on_round(record)
 
-        for phase in self.phases():
+        r = self.recovery_settings
+        phases = self.phases()
+        baseline = None
+        if r.epsilon is not None and any(p.adaptive for p in phases):
+            # The stopping rule's reference: the trained model on the same validation splits
+            # (the nodes see them; no Retrain is needed to know when to stop).
+            baseline = self.validate(grid, ArrayRecord(trained), self.targets.retain_nodes,
+                                     config, timeout)
+            self.validation = {"val_before": baseline}
+        for phase in phases:
             if phase.rounds < 1 or not phase.participants:
                 continue
             self.phase = phase
             self.participants = list(phase.participants)
-            arrays = self.run_rounds(grid, arrays, rounds=phase.rounds, config=config,
+            rounds, until = phase.rounds, None
+            if phase.adaptive and baseline is not None:
+                rounds = r.max_rounds
+                until = self._recovered(grid, baseline, config, timeout)
+            arrays = self.run_rounds(grid, arrays, rounds=rounds, config=config,
                                      evaluate_fn=evaluate_fn, timeout=timeout,
-                                     phase=f"{self.label}:{phase.name}", on_round=keep)
+                                     phase=f"{self.label}:{phase.name}", on_round=keep,
+                                     until=until)
         return RunResult(arrays, perturbed, records, perturb_seconds)
+
+    def _recovered(self, grid: Grid, baseline: float, config: ConfigRecord,
+                   timeout: float) -> Callable[[int, ArrayRecord], bool]:
+        """The stopping rule: validation accuracy within epsilon of ``baseline``."""
+        epsilon = self.recovery_settings.epsilon or 0.0
+
+        def until(server_round: int, arrays: ArrayRecord) -> bool:
+            accuracy = self.validate(grid, arrays, self.participants, config, timeout)
+            self.validation["val_after"] = accuracy
+            self.validation["recovery_rounds_used"] = server_round
+            return accuracy is not None and accuracy >= baseline - epsilon
+
+        return until

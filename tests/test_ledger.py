@@ -204,12 +204,14 @@ def test_receipts(ledger: Ledger) -> None:
     ledger.add_receipt("a", "NoT", {"before": "x", "after": "y", "seconds": 1.5})
     ledger.add_receipt("a", "Retrain", {"before": "x", "after": "z"})
     ledger.add_receipt("b", "NoT", {"n": 1})
-    ledger.add_receipt("a", "NoT", {"before": "x", "after": "w"})  # replaces
+    with pytest.raises(LedgerError, match="'a' already has a NoT receipt"):
+        ledger.add_receipt("a", "NoT", {"before": "x", "after": "w"})  # never replaced
     assert ledger.receipts("a") == {
+        "NoT": {"before": "x", "after": "y", "seconds": 1.5},
         "Retrain": {"before": "x", "after": "z"},
-        "NoT": {"before": "x", "after": "w"},
     }
     assert ledger.receipts("b") == {"NoT": {"n": 1}}
+    assert [r.get("n") for r in ledger.chain()] == [None, None, 1]
     with pytest.raises(LedgerError, match="a receipt must be a mapping, got list"):
         ledger.add_receipt("a", "FT", [1, 2])  # type: ignore[arg-type]
 
@@ -295,3 +297,15 @@ def test_a_new_process_sees_and_resumes_our_writes(tmp_path: Path) -> None:
             ("a", "done", 1), ("b", "done", 2), ("c", "done", 1),
         ]
         assert ledger.pending() == []
+
+
+def test_sealed_receipts_form_a_verifiable_chain(ledger: Ledger, tmp_path: Path) -> None:
+    from fedunlearn.receipts import load_or_create_key, verify_chain
+
+    key = load_or_create_key(tmp_path / "state")
+    ledger.record(_req("a"))
+    ledger.record(_req("b"))
+    first = ledger.add_receipt("a", "NoT", {"after": "y"}, key)
+    ledger.add_receipt("b", "FT", {"after": "z"}, key)
+    assert first["previous"] == "0" * 64 and ledger.receipts("a")["NoT"] == first
+    assert verify_chain(ledger.chain(), key.public_key()) == 2

@@ -48,6 +48,15 @@ def test_client_wise_request_answered_by_every_method(fedunlearn_cmd, tmp_path):
     assert state == "done" and {m for m, _ in receipts} == set(METHODS)
     receipt = json.loads(dict(receipts)["NoT"])
     assert receipt["model_before"] != receipt["model_after"]
+    # Every receipt is signed by the server and chained: it verifies with the public key
+    # written beside the ledger, the key itself stays private in the state folder.
+    from fedunlearn.ledger import Ledger
+    from fedunlearn.receipts import load_public_key, verify_chain
+
+    public = load_public_key(tmp_path / "ledger.pub.pem")
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        assert verify_chain(ledger.chain(), public) == len(METHODS)
+    assert (tmp_path / "state" / "server-key.pem").stat().st_mode & 0o077 == 0
     assert receipt["cost"]["bytes"] > 0 and receipt["metrics_after"]["test"] > 0
     db.close()
 

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from fedunlearn.commands.args import OneLineParser, UsageError
 from fedunlearn.errors import UserError, report
 from fedunlearn.outbox import Outbox, OutboxError
 from fedunlearn.requests import KINDS, ForgetRequest, new_request_id
@@ -26,16 +27,6 @@ from fedunlearn.requests import KINDS, ForgetRequest, new_request_id
 __all__ = ["PROG", "forget_command"]
 
 PROG = "fedunlearn forget"
-
-
-class _UsageError(UserError):
-    """A command-line error (argparse's, or a missing argument)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        # argparse prints the usage and the message on several lines: we want one.
-        raise _UsageError(message)
 
 
 def _id_list(text: str) -> tuple[int, ...]:
@@ -48,8 +39,8 @@ def _id_list(text: str) -> tuple[int, ...]:
         ) from None
 
 
-def _parser() -> _Parser:
-    parser = _Parser(
+def _parser() -> OneLineParser:
+    parser = OneLineParser(
         prog=PROG,
         allow_abbrev=False,
         description="Record a request to forget some of this client's data; the ClientApp "
@@ -97,7 +88,7 @@ def forget_command(argv: list[str]) -> int:
             print(f"cancelled {args.cancel}")
             return 0
         if args.client is None or args.kind is None:
-            raise _UsageError("the following arguments are required: --client, --kind")
+            raise UsageError("the following arguments are required: --client, --kind")
         request = ForgetRequest(
             request_id=new_request_id(),
             kind=args.kind,
