@@ -23,6 +23,8 @@ class NodeView:
     partition_id: int
     federation: Federation
     device: torch.device
+    # Requests (JSON) whose forget data this node has deleted: never trained on again.
+    deleted: tuple[str, ...] = ()
 
     def model(self) -> torch.nn.Module:
         """A fresh model of the configured architecture on this node's device."""
@@ -36,8 +38,10 @@ class NodeView:
 
     def local_data(self, which: str, request_json: str = "") -> ImageData:
         """This client's training data: ``all``, ``retain`` (all but the forget ids) or
-        ``forget`` (the forget ids only)."""
+        ``forget`` (the forget ids only), without the samples of requests it deleted."""
         ids = self.federation.train_ids[self.partition_id]
+        for gone in self.deleted:
+            ids = np.setdiff1d(ids, self.forget_ids(gone))
         if which == "all":
             chosen = ids
         elif which in P.DATA_SELECTIONS:
@@ -122,4 +126,6 @@ def node_view(msg: Message, context: Context) -> NodeView:
     cfg = from_payload(str(config[P.PAYLOAD]))
     settings = Job.from_config(cfg)
     pid = partition_id(context, settings.num_clients)
-    return NodeView(settings, pid, build_federation(cfg), settings.torch_device())
+    deleted = context.state.config_records.get(P.DELETED, ConfigRecord())
+    return NodeView(settings, pid, build_federation(cfg), settings.torch_device(),
+                    tuple(str(v) for v in deleted.values()))

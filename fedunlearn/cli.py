@@ -22,6 +22,8 @@ commands:
            the forget requests (scenario=client|class|instance|backdoor|none), answer
            each with every method in unlearn.methods, write report.md, JSON, plots
   train    train the global model with FedAvg only
+  serve    a live federation: FedAvg rounds, forget requests answered as they come
+           (serve.method, default NoT), the answer's model served from then on
   forget   record a forget request on a client machine (see `fedunlearn forget -h`)
   receipt  export a ledger's signed receipts, or verify a receipt and the chain
 
@@ -36,6 +38,7 @@ overrides are Hydra's, e.g. `fedunlearn train model=cnn_nonorm train.rounds=5 nu
 COMMANDS: dict[str, str] = {
     "run": "fedunlearn.commands.jobs:run_command",
     "train": "fedunlearn.commands.jobs:train_command",
+    "serve": "fedunlearn.commands.jobs:serve_command",
     "forget": "fedunlearn.commands.forget:forget_command",
     "receipt": "fedunlearn.commands.receipt:receipt_command",
 }

@@ -254,6 +254,10 @@ def rules() -> dict[str, Rule]:
         "unlearn.evaluate.owned_share": fraction,
         "unlearn.ledger": Rule("text"),
         "unlearn.state_dir": Rule("text", null=True),
+        "serve.rounds": _int(1),
+        "serve.method": Rule("text"),
+        # Each entry is checked as a round and a forget request (_check_combinations).
+        "serve.schedule": Rule("list", item=Rule("mapping")),
         "unlearn.curvature.estimator": _one_of(ESTIMATORS),
         "unlearn.curvature.batch_size": _int(1),
         "unlearn.curvature.mc_samples": _int(1),
@@ -338,6 +342,18 @@ def _check_combinations(cfg: DictConfig) -> None:
         _need(cfg.unlearn.curvature.min_replies <= clients,
               f"unlearn.curvature.min_replies must be <= num_clients ({clients}), "
               f"got {cfg.unlearn.curvature.min_replies}")
+    _need(cfg.serve.method in METHODS,
+          f"serve.method: unknown method '{cfg.serve.method}'; known: {', '.join(METHODS)}")
+    for i, item in enumerate(cfg.serve.schedule):
+        where = f"serve.schedule[{i}]"
+        _need(set(item) == {"round", "request"}, f"{where} must have a round and a request")
+        _need(_is_int(item["round"]) and 1 <= item["round"] <= cfg.serve.rounds,
+              f"{where}.round must be an integer in 1..serve.rounds, got {item['round']!r}")
+        content = OmegaConf.to_container(item["request"], resolve=True)
+        try:
+            scenario_request(content if isinstance(content, dict) else {})
+        except RequestRefused as exc:
+            raise ConfigError(f"{where}.request: {exc}") from exc
     if cfg.scenario.request is not None:
         content = OmegaConf.to_container(cfg.scenario.request, resolve=True)
         assert isinstance(content, dict)

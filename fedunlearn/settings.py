@@ -93,6 +93,9 @@ class Job:
     recovery_max_rounds: int
     scenario: str
     request: Mapping[str, Any] | None
+    serve_rounds: int
+    serve_method: str
+    serve_schedule: tuple[tuple[int, Mapping[str, Any]], ...]
     cache_dir: str
     reuse_trained: bool
     ledger: str
@@ -141,6 +144,10 @@ class Job:
             recovery_max_rounds=int(un["recovery_max_rounds"]),
             scenario=str(plain["scenario"]["name"]),
             request=plain["scenario"].get("request"),
+            serve_rounds=int(plain["serve"]["rounds"]),
+            serve_method=str(plain["serve"]["method"]),
+            serve_schedule=tuple((int(item["round"]), dict(item["request"]))
+                                 for item in plain["serve"]["schedule"]),
             cache_dir=str(plain["cache_dir"]),
             reuse_trained=bool(plain["reuse_trained"]),
             ledger=str(un["ledger"]),

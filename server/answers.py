@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from flwr.serverapp import Grid
 from fedunlearn.data import ForgetSet
 from fedunlearn.digest import digest
 from fedunlearn.evaluation import add_ratios
-from fedunlearn.ledger import Ledger
+from fedunlearn.ledger import Ledger, LedgerEntry
 from fedunlearn.requests import ForgetRequest, RequestRefused, materialize
 from fedunlearn.settings import Job
 from server.evaluation import UnlearningEvaluator, eval_sets
@@ -36,23 +36,33 @@ from server.training import TrainOutcome
 from strategies import Targets
 
 LOG = logging.getLogger("fedunlearn")
+StateDict = dict[str, torch.Tensor]
+
+
+@dataclass
+class Answers:
+    """What answering the pending requests produced.
+
+    ``rows`` (one per request and method, final metrics and cost) and ``curves`` (per
+    round) are the input of :func:`fedunlearn.evaluation.write_report`; ``served`` maps
+    each answered request to the model of its last method (the one a live federation
+    adopts).
+    """
+
+    rows: list[dict] = field(default_factory=list)
+    curves: list[dict] = field(default_factory=list)
+    served: dict[str, StateDict] = field(default_factory=dict)
 
 
 def answer_requests(grid: Grid, outcome: TrainOutcome, out_dir: Path, ledger: Ledger,
-                    key: Ed25519PrivateKey | None = None) -> tuple[list[dict], list[dict]]:
-    """Answer every pending request of the ledger with every configured method.
-
-    Returns
-    -------
-    rows, curves
-        One row per (request, method) with final metrics and cost, and the
-        per-round curves: the input of :func:`fedunlearn.evaluation.write_report`.
-    """
+                    key: Ed25519PrivateKey | None = None,
+                    entries: list[LedgerEntry] | None = None) -> Answers:
+    """Answer pending requests of the ledger (all, or ``entries``) with every configured
+    method, each from ``outcome.checkpoint.final``."""
     federation = outcome.federation
     labels = federation.splits.train.labels.numpy()
-    rows: list[dict] = []
-    curves: list[dict] = []
-    for entry in ledger.pending():
+    answers = Answers()
+    for entry in ledger.pending() if entries is None else entries:
         request = entry.request
         try:
             forget = materialize(request, federation.train_ids, labels, federation.poisoned)
@@ -63,30 +73,32 @@ def answer_requests(grid: Grid, outcome: TrainOutcome, out_dir: Path, ledger: Le
             continue
         ledger.start(request.request_id)
         try:
-            rows_r, curves_r = _answer(grid, outcome, out_dir, ledger, request, forget, key)
+            rows_r, curves_r, state = _answer(grid, outcome, out_dir, ledger, request, forget,
+                                              key)
         except Exception as exc:  # the federation keeps serving the other requests
             ledger.fail(request.request_id, f"{type(exc).__name__}: {exc}".splitlines()[0])
             LOG.exception("request %s failed", request.request_id)
             continue
         ledger.finish(request.request_id)
-        notify_deleted(grid, [outcome.nodes[c] for c in forget.clients], request,
-                       outcome.settings.train.round_timeout)
-        rows.extend(rows_r)
-        curves.extend(curves_r)
-    return rows, curves
+        notify_deleted(grid, [outcome.nodes[c] for c in forget.clients if c in outcome.nodes],
+                       request, outcome.settings.train.round_timeout)
+        answers.rows.extend(rows_r)
+        answers.curves.extend(curves_r)
+        answers.served[request.request_id] = state
+    return answers
 
 
 def _answer(grid: Grid, outcome: TrainOutcome, out_dir: Path, ledger: Ledger,
             request: ForgetRequest, forget: ForgetSet,
-            key: Ed25519PrivateKey | None) -> tuple[list[dict], list[dict]]:
+            key: Ed25519PrivateKey | None) -> tuple[list[dict], list[dict], StateDict]:
     federation = outcome.federation
-    nodes = outcome.nodes
+    nodes = outcome.nodes  # a live federation leaves out the clients it forgot whole
     retain_clients = [c for c in range(federation.num_clients)
-                      if len(np.setdiff1d(federation.train_ids[c],
-                                          forget.ids_by_client.get(c, [])))]
+                      if c in nodes and len(np.setdiff1d(federation.train_ids[c],
+                                                         forget.ids_by_client.get(c, [])))]
     targets = Targets(
         retain_nodes=[nodes[c] for c in retain_clients],
-        forget_nodes=[nodes[c] for c in forget.clients],
+        forget_nodes=[nodes[c] for c in forget.clients if c in nodes],
         request_json=request.to_json(),
     )
     job = outcome.settings
@@ -105,6 +117,7 @@ def _answer(grid: Grid, outcome: TrainOutcome, out_dir: Path, ledger: Ledger,
     done = ledger.receipts(request.request_id)
     model_dir = out_dir / "unlearned" / request.request_id
     provider = Provider(grid, outcome, targets)
+    state = outcome.checkpoint.final
     for spec in plan(job):
         name = spec.label
         if name in done:
@@ -112,8 +125,10 @@ def _answer(grid: Grid, outcome: TrainOutcome, out_dir: Path, ledger: Ledger,
                      request.request_id, name)
             receipt = done[name]
             rows.append({**base, "method": name, **receipt["metrics_after"], **receipt["cost"]})
+            state = torch.load(model_dir / f"{name}.pt", weights_only=True)
             continue
         run = run_method(grid, spec, outcome, targets, evaluator, provider)
+        state = run.state
         model_dir.mkdir(parents=True, exist_ok=True)
         torch.save(run.state, model_dir / f"{name}.pt")
         receipt = {
@@ -137,7 +152,7 @@ def _answer(grid: Grid, outcome: TrainOutcome, out_dir: Path, ledger: Ledger,
                  run.cost["seconds"])
         rows.append({**base, "method": name, **run.metrics, **run.cost})
         curves.extend({**base, "method": name, **point} for point in run.curve)
-    return add_ratios(rows), curves
+    return add_ratios(rows), curves, state
 
 
 def settings(job: Job, spec: MethodSpec) -> dict[str, Any]:

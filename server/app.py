@@ -20,7 +20,7 @@ from fedunlearn.settings import Job
 from server.progress import setup_logging
 from server.training import TrainOutcome, train_global
 
-JOBS = ("train", "run")
+JOBS = ("train", "run", "serve")
 
 
 def run_job(grid: Grid, cfg: DictConfig, out_dir: Path, job: str = "run") -> TrainOutcome:
@@ -33,6 +33,10 @@ def run_job(grid: Grid, cfg: DictConfig, out_dir: Path, job: str = "run") -> Tra
     federation = build_federation(cfg)
     setup_logging(settings.flower_log_level)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if job == "serve":
+        from server.serve import serve
+
+        return serve(grid, settings, federation, out_dir)
     outcome = train_global(grid, settings, federation, out_dir)
     if job == "run":
         from server.forgetting import forget_requested

@@ -12,7 +12,7 @@ from fedunlearn.ledger import Ledger
 from fedunlearn.receipts import load_or_create_key, write_public_key
 from fedunlearn.settings import Job
 from server.answers import answer_requests
-from server.intake import take_requests
+from server.intake import scheduled_request, take_requests
 from server.report import report
 from server.training import TrainOutcome
 
@@ -47,9 +47,11 @@ def forget_requested(grid: Grid, outcome: TrainOutcome, out_dir: Path) -> dict:
     path = ledger_path(settings, out_dir)
     key = signing_key(settings, path)
     with Ledger(path) as ledger:
-        take_requests(grid, settings, outcome.nodes, ledger)
-        rows, curves = answer_requests(grid, outcome, out_dir, ledger, key)
-    if not rows:
+        scheduled = scheduled_request(settings)
+        take_requests(grid, outcome.nodes, ledger, settings.train.round_timeout,
+                      [scheduled] if scheduled is not None else [])
+        answers = answer_requests(grid, outcome, out_dir, ledger, key)
+    if not answers.rows:
         LOG.info("no request to answer")
         return {}
-    return report(settings, out_dir, rows, curves)
+    return report(settings, out_dir, answers.rows, answers.curves)

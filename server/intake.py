@@ -10,6 +10,7 @@ stop the server.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
 
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -112,20 +113,20 @@ def intake(ledger: Ledger, partition: int, key: str, body: str) -> str:
         return f"rejected: {reason}"
 
 
-def take_requests(grid: Grid, settings: Job, nodes: dict[int, int], ledger: Ledger) -> None:
-    """Record the scenario's request and the nodes' requests in the ledger.
+def take_requests(grid: Grid, nodes: dict[int, int], ledger: Ledger, timeout: float,
+                  scheduled: Sequence[ForgetRequest] = ()) -> None:
+    """Record the scheduled requests and the nodes' requests in the ledger.
 
     Recording is idempotent (the scenario's request by its content, a node's by
     its id and content), so a request re-sent after a restart is neither lost nor
     duplicated. Every submission is acknowledged once the ledger holds it, as a
     request or as a rejection.
     """
-    request = scheduled_request(settings)
-    if request is not None and ledger.find(request, SCENARIO) is None:
-        ledger.record(request, SCENARIO)
-        LOG.info("request %s received: %s-wise from client %d (scenario)",
-                 request.request_id, request.kind, request.client)
-    timeout = settings.train.round_timeout
+    for request in scheduled:
+        if ledger.find(request, SCENARIO) is None:
+            ledger.record(request, SCENARIO)
+            LOG.info("request %s received: %s-wise from client %d (scenario)",
+                     request.request_id, request.kind, request.client)
     handled: dict[int, list[str]] = {}
     for pid, key, body in poll_requests(grid, nodes, timeout):
         outcome = intake(ledger, pid, key, body)

@@ -74,7 +74,7 @@ def test_take_requests_records_acks_and_survives_a_rogue(ledger, fake_grid) -> N
     from fedunlearn import protocol as P
     from fedunlearn.config import compose
     from fedunlearn.settings import Job
-    from server.intake import take_requests
+    from server.intake import scheduled_request, take_requests
 
     genuine = ForgetRequest(request_id=new_request_id(), kind="class", client=0, cls=2,
                             origin="client")
@@ -91,7 +91,8 @@ def test_take_requests_records_acks_and_survives_a_rogue(ledger, fake_grid) -> N
         return Message(RecordDict({P.FOUND: ConfigRecord(found)}), reply_to=msg)
 
     settings = Job.from_config(compose(["scenario=class", "num_clients=2"]))
-    take_requests(fake_grid([7, 8], answer), settings, {0: 7, 1: 8}, ledger)
+    scheduled = [scheduled_request(settings)]
+    take_requests(fake_grid([7, 8], answer), {0: 7, 1: 8}, ledger, 1.0, scheduled)
     entries = ledger.all()
     # The scenario's request and client 0's; node 8's two submissions are rejections.
     assert [e.sender for e in entries] == ["scenario", "client:0"]
@@ -100,5 +101,5 @@ def test_take_requests_records_acks_and_survives_a_rogue(ledger, fake_grid) -> N
     # Every submission is acknowledged to the node that sent it, under its own key.
     assert acked == {7: [genuine.request_id], 8: ["x", genuine.request_id]}
     # Polled again (a restarted server): nothing is added twice.
-    take_requests(fake_grid([7, 8], answer), settings, {0: 7, 1: 8}, ledger)
+    take_requests(fake_grid([7, 8], answer), {0: 7, 1: 8}, ledger, 1.0, scheduled)
     assert len(ledger.all()) == 2

@@ -39,7 +39,7 @@ from fedunlearn.errors import UserError, first_line, report
 from fedunlearn.requests import RequestRefused
 from fedunlearn.rules import validate
 
-__all__ = ["preflight", "run_command", "train_command"]
+__all__ = ["preflight", "run_command", "serve_command", "train_command"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -163,7 +163,8 @@ def _job(cfg: DictConfig, job: str) -> float:
             from fedunlearn.runtime.deployment import deploy
 
             deploy(cfg, list(hydra_cfg.overrides.task), out_dir, job)
-            accuracy = float(json.loads((out_dir / "train.json").read_text())["test_accuracy"])
+            summary = out_dir / ("serve.json" if job == "serve" else "train.json")
+            accuracy = float(json.loads(summary.read_text())["test_accuracy"])
         else:
             from fedunlearn.runtime.simulation import simulate
 
@@ -197,3 +198,13 @@ def run_command(argv: Sequence[str]) -> int:
 def train_command(argv: Sequence[str]) -> int:
     """``fedunlearn train [--multirun] [OVERRIDE ...]``: train the global model; exit code."""
     return _launch("train", train_task, argv)
+
+
+def serve_task(cfg: DictConfig) -> float:
+    """Hydra task of ``fedunlearn serve``: a live federation answering requests."""
+    return _job(cfg, "serve")
+
+
+def serve_command(argv: Sequence[str]) -> int:
+    """``fedunlearn serve [--multirun] [OVERRIDE ...]``: train and forget on request."""
+    return _launch("serve", serve_task, argv)

@@ -1,0 +1,141 @@
+"""``fedunlearn serve``: a live federation that trains and forgets on request.
+
+Every round the server first takes requests in: the ones ``serve.schedule`` plans
+for that round and the ones the nodes' users recorded (``query.requests``). Each
+pending request is answered in turn by ``serve.method`` from the current global
+model; the answer's model becomes the global model, its receipt is sealed into
+the ledger, and the nodes holding the forget data delete it (they never train on
+it again; a client forgotten whole gets no further message). Then one FedAvg
+round runs. Requests that arrive during an answer wait for the next round.
+
+After every round the global model, the pre-training weights and the round are
+checkpointed atomically (``serve-state.pt``); ``serve.json`` lists each request
+with the rounds it was recorded and answered in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.serverapp import Grid
+
+from fedunlearn import protocol as P
+from fedunlearn.digest import digest
+from fedunlearn.federation import Federation
+from fedunlearn.ledger import Ledger
+from fedunlearn.requests import ForgetRequest, scenario_request
+from fedunlearn.settings import Job
+from server.answers import answer_requests
+from server.central import CentralEvaluator
+from server.checkpoint import Checkpoint
+from server.forgetting import ledger_path, signing_key
+from server.intake import take_requests
+from server.nodes import discover_partitions
+from server.progress import RunLog
+from server.training import TrainOutcome, aggregator, node_limits
+from strategies.fedavg import FederatedAveraging
+from strategies.rounds import RoundRecord
+
+LOG = logging.getLogger("fedunlearn")
+
+
+def planned(settings: Job) -> dict[int, list[ForgetRequest]]:
+    """``serve.schedule`` as requests by round (made once: their ids are random)."""
+    plan: dict[int, list[ForgetRequest]] = {}
+    for rnd, content in settings.serve_schedule:
+        plan.setdefault(rnd, []).append(scenario_request({"seed": settings.seed, **content}))
+    return plan
+
+
+def serve(grid: Grid, settings: Job, federation: Federation, out_dir: Path) -> TrainOutcome:
+    """Train for ``serve.rounds`` rounds, answering forget requests as they come.
+
+    Returns
+    -------
+    TrainOutcome
+        The served global model at the end (its checkpoint's ``final``).
+    """
+    started = time.perf_counter()
+    t = settings.train
+    roster = discover_partitions(grid, settings.num_clients, t.node_timeout,
+                                 ConfigRecord({P.PAYLOAD: settings.payload}))
+    active = dict(roster.nodes)  # partition -> node; a client forgotten whole leaves it
+    limits = node_limits(roster, federation)
+    evaluator = CentralEvaluator(settings, federation)
+    model = settings.build_model(federation, seed=settings.seed)
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    arrays = ArrayRecord(initial)
+    strategy = FederatedAveraging(participants=list(active.values()),
+                                  fraction_train=t.fraction_train, seed=settings.seed,
+                                  limits=limits, aggregator=aggregator(settings))
+    # The answers use the serving method alone.
+    answerer = replace(settings, methods=(settings.serve_method,))
+    schedule = planned(settings)
+    run_log = RunLog(out_dir)
+    path = ledger_path(settings, out_dir)
+    key = signing_key(settings, path)
+    served: list[dict] = []
+    first_seen: dict[str, int] = {}
+    with Ledger(path) as ledger:
+        for rnd in range(1, settings.serve_rounds + 1):
+            take_requests(grid, active, ledger, t.round_timeout, schedule.get(rnd, []))
+            for pending in ledger.pending():
+                first_seen.setdefault(pending.request.request_id, rnd)
+            for entry in ledger.pending():
+                outcome = _outcome(answerer, federation, initial, arrays, active, limits,
+                                   evaluator)
+                answers = answer_requests(grid, outcome, out_dir, ledger, key, [entry])
+                request = entry.request
+                if request.request_id not in answers.served:
+                    continue  # refused or failed: in the ledger with its reason
+                arrays = ArrayRecord(answers.served[request.request_id])
+                if request.kind == "client":
+                    active.pop(request.client, None)
+                served.append({"request": request.request_id, "kind": request.kind,
+                               "client": request.client,
+                               "taken_in_round": first_seen.get(request.request_id, rnd),
+                               "answered_in_round": rnd,
+                               "served_model": digest(arrays.to_torch_state_dict())})
+                LOG.info("[serve] round %d: request %s answered by %s; its model is served",
+                         rnd, request.request_id, settings.serve_method)
+            strategy.participants = list(active.values())
+
+            def numbered(record: RoundRecord, rnd: int = rnd) -> None:
+                record.round, record.rounds = rnd, settings.serve_rounds
+                run_log(record)
+
+            arrays = strategy.run_rounds(
+                grid, arrays, rounds=1,
+                config=ConfigRecord({P.PAYLOAD: settings.payload, P.PHASE: "serve"}),
+                evaluate_fn=evaluator, timeout=t.round_timeout, phase="serve",
+                on_round=numbered)
+            Checkpoint(settings.fingerprint, initial, arrays.to_torch_state_dict(),
+                       [r.as_dict() for r in run_log.records], dict(settings.training_view),
+                       [{"round": r, "node": n, "reason": why} for r, n, why in
+                        strategy.refused]).save(out_dir / "serve-state.pt")
+    accuracy = float(evaluator(0, arrays)["test_accuracy"])
+    seconds = time.perf_counter() - started
+    (out_dir / "serve.json").write_text(json.dumps({
+        "rounds": settings.serve_rounds, "method": settings.serve_method,
+        "test_accuracy": accuracy, "seconds": seconds, "answered": served,
+        "nodes": {str(k): v for k, v in roster.nodes.items()},
+        "active_at_end": sorted(active)}, indent=2))
+    LOG.info("served %d rounds, answered %d requests; test accuracy %.2f%%",
+             settings.serve_rounds, len(served), 100 * accuracy)
+    final = _outcome(settings, federation, initial, arrays, active, limits, evaluator)
+    return replace(final, test_accuracy=accuracy, seconds=seconds)
+
+
+def _outcome(settings: Job, federation: Federation, initial: dict, arrays: ArrayRecord,
+             active: dict[int, int], limits: dict[int, int],
+             evaluator: CentralEvaluator) -> TrainOutcome:
+    """The current global model as the answers see it: a trained model to start from."""
+    ckpt = Checkpoint(settings.fingerprint, initial, arrays.to_torch_state_dict(), [],
+                      dict(settings.training_view))
+    return TrainOutcome(settings, ckpt, dict(active), limits, federation, evaluator,
+                        reused=False, test_accuracy=float("nan"), seconds=0.0)
