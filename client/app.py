@@ -184,11 +184,14 @@ def delete(msg: Message, context: Context) -> Message:
     """Note that this node deleted the forget data of the message's request.
 
     A real deployment deletes the samples here; the simulation keeps its data and
-    remembers the deletion in the node's state, so later curvature queries fail.
+    remembers the deletion in the node's state: later curvature queries for it fail
+    and no later training uses its samples. Telling a node twice changes nothing (a
+    server that restarts tells the nodes again what its ledger says is deleted).
     """
     request = str(msg.content.config_records[P.CONFIG][P.REQUEST])
     deleted = _deleted(context)
-    deleted[str(len(deleted))] = request
+    if request not in deleted.values():
+        deleted[str(len(deleted))] = request
     context.state[P.DELETED] = deleted
     return Message(RecordDict(), reply_to=msg)
 

@@ -258,6 +258,7 @@ def rules() -> dict[str, Rule]:
         "serve.method": Rule("text"),
         # Each entry is checked as a round and a forget request (_check_combinations).
         "serve.schedule": Rule("list", item=Rule("mapping")),
+        "serve.resume": Rule("bool"),
         "unlearn.curvature.estimator": _one_of(ESTIMATORS),
         "unlearn.curvature.batch_size": _int(1),
         "unlearn.curvature.mc_samples": _int(1),

@@ -96,6 +96,7 @@ class Job:
     serve_rounds: int
     serve_method: str
     serve_schedule: tuple[tuple[int, Mapping[str, Any]], ...]
+    serve_resume: bool
     cache_dir: str
     reuse_trained: bool
     ledger: str
@@ -148,6 +149,7 @@ class Job:
             serve_method=str(plain["serve"]["method"]),
             serve_schedule=tuple((int(item["round"]), dict(item["request"]))
                                  for item in plain["serve"]["schedule"]),
+            serve_resume=bool(plain["serve"]["resume"]),
             cache_dir=str(plain["cache_dir"]),
             reuse_trained=bool(plain["reuse_trained"]),
             ledger=str(un["ledger"]),

@@ -28,13 +28,13 @@ from fedunlearn import protocol as P
 from fedunlearn.digest import digest
 from fedunlearn.federation import Federation
 from fedunlearn.ledger import Ledger
-from fedunlearn.requests import ForgetRequest, scenario_request
+from fedunlearn.requests import ForgetRequest, materialize, scenario_request
 from fedunlearn.settings import Job
 from server.answers import answer_requests
 from server.central import CentralEvaluator
 from server.checkpoint import Checkpoint
 from server.forgetting import ledger_path, signing_key
-from server.intake import take_requests
+from server.intake import notify_deleted, take_requests
 from server.nodes import discover_partitions
 from server.progress import RunLog
 from server.training import TrainOutcome, aggregator, node_limits
@@ -42,6 +42,7 @@ from strategies.fedavg import FederatedAveraging
 from strategies.rounds import RoundRecord
 
 LOG = logging.getLogger("fedunlearn")
+STATE = "serve-state.pt"
 
 
 def planned(settings: Job) -> dict[int, list[ForgetRequest]]:
@@ -67,9 +68,19 @@ def serve(grid: Grid, settings: Job, federation: Federation, out_dir: Path) -> T
     active = dict(roster.nodes)  # partition -> node; a client forgotten whole leaves it
     limits = node_limits(roster, federation)
     evaluator = CentralEvaluator(settings, federation)
-    model = settings.build_model(federation, seed=settings.seed)
-    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    arrays = ArrayRecord(initial)
+    state_path = out_dir / STATE
+    history: list[dict] = []
+    served: list[dict] = []
+    if settings.serve_resume and state_path.exists():
+        state = Checkpoint.load(state_path)
+        initial, arrays, history = state.initial, ArrayRecord(state.final), state.history
+        summary = out_dir / "serve.json"
+        served = json.loads(summary.read_text())["answered"] if summary.exists() else []
+        LOG.info("[serve] resuming after round %d from %s", len(history), state_path)
+    else:
+        model = settings.build_model(federation, seed=settings.seed)
+        initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        arrays = ArrayRecord(initial)
     strategy = FederatedAveraging(participants=list(active.values()),
                                   fraction_train=t.fraction_train, seed=settings.seed,
                                   limits=limits, aggregator=aggregator(settings))
@@ -79,10 +90,23 @@ def serve(grid: Grid, settings: Job, federation: Federation, out_dir: Path) -> T
     run_log = RunLog(out_dir)
     path = ledger_path(settings, out_dir)
     key = signing_key(settings, path)
-    served: list[dict] = []
     first_seen: dict[str, int] = {}
+    done_rounds = len(history)
     with Ledger(path) as ledger:
-        for rnd in range(1, settings.serve_rounds + 1):
+        # After a restart: clients forgotten whole stay out, and every node is told again
+        # what the ledger says it deleted (a restarted node forgot it; it must not train
+        # on those samples again).
+        labels = federation.splits.train.labels.numpy()
+        for entry in ledger.all():
+            if entry.state != "done":
+                continue
+            request = entry.request
+            forget = materialize(request, federation.train_ids, labels, federation.poisoned)
+            notify_deleted(grid, [active[c] for c in forget.clients if c in active], request,
+                           t.round_timeout)
+            if request.kind == "client":
+                active.pop(request.client, None)
+        for rnd in range(done_rounds + 1, settings.serve_rounds + 1):
             take_requests(grid, active, ledger, t.round_timeout, schedule.get(rnd, []))
             for pending in ledger.pending():
                 first_seen.setdefault(pending.request.request_id, rnd)
@@ -107,6 +131,7 @@ def serve(grid: Grid, settings: Job, federation: Federation, out_dir: Path) -> T
 
             def numbered(record: RoundRecord, rnd: int = rnd) -> None:
                 record.round, record.rounds = rnd, settings.serve_rounds
+                history.append(record.as_dict())
                 run_log(record)
 
             arrays = strategy.run_rounds(
@@ -115,9 +140,9 @@ def serve(grid: Grid, settings: Job, federation: Federation, out_dir: Path) -> T
                 evaluate_fn=evaluator, timeout=t.round_timeout, phase="serve",
                 on_round=numbered)
             Checkpoint(settings.fingerprint, initial, arrays.to_torch_state_dict(),
-                       [r.as_dict() for r in run_log.records], dict(settings.training_view),
+                       history, dict(settings.training_view),
                        [{"round": r, "node": n, "reason": why} for r, n, why in
-                        strategy.refused]).save(out_dir / "serve-state.pt")
+                        strategy.refused]).save(state_path)
     accuracy = float(evaluator(0, arrays)["test_accuracy"])
     seconds = time.perf_counter() - started
     (out_dir / "serve.json").write_text(json.dumps({

@@ -29,7 +29,10 @@ def negated(cfg):
 
 
 def test_default_negation_is_the_first_layer():
-    assert negated(compose()) == ["conv1.weight", "conv1.bias"]
+    # The paper's default (NoT, Section 5.3 and the code of Section 11): the first layer's
+    # weight only; its bias keeps its sign.
+    assert negated(compose()) == ["conv1.weight"]
+    assert negated(compose(["unlearn.not.layers=[0]"])) == ["conv1.weight", "conv1.bias"]
     assert negated(compose(["unlearn.not.layers=[conv2,4]"])) == [
         "conv2.weight", "conv2.bias", "fc1.weight", "fc1.bias"]
 

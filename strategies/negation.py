@@ -1,8 +1,10 @@
 """NoT: negate chosen layers of the trained model, then fine-tune on retained data.
 
 theta' = -theta_l for l in L_neg, theta_l otherwise (NoT paper, Section 4 and
-Algorithm 1), then FedAvg on retained data only. The default L_neg is the
-model's default negation layer (the first layer; ViT: ``conv_proj``).
+Algorithm 1), then FedAvg on retained data only. The default L_neg is the paper's:
+the weight of the first layer only, not its bias (Section 5.3; the code of Section 11
+negates parameter index 0), i.e. ``conv1.weight`` (ViT: ``conv_proj.weight``), from
+:func:`fedunlearn.models.default_negation_layers`.
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ class NoT(UnlearningStrategy):
     Parameters
     ----------
     layers : list of int or str, optional
-        Layer selectors (indices into the model's layers, module or parameter
-        names; see :func:`fedunlearn.models.resolve_layers`); None: the model's
-        default. Resolved to parameter names when the model is provided.
+        Layer selectors (indices into the model's layers, which select weight and
+        bias, module or parameter names; see :func:`fedunlearn.models.resolve_layers`);
+        None: the model's default, the first layer's weight only (the paper's).
+        Resolved to parameter names when the model is provided.
     """
 
     name = "NoT"

@@ -2,6 +2,10 @@
 
 Layers are what NoT negates and what the per-layer TIS reset works on: "the first
 layer", "conv_proj", "layer 3". This module turns such selectors into parameter names.
+
+An int selector counts layers here (modules that own parameters: ``0`` is ``conv1``, i.e.
+``conv1.weight`` and ``conv1.bias``), whereas the NoT paper's code counts parameters
+(its index 0 is ``conv1.weight`` alone). NoT's defaults are therefore parameter names.
 """
 
 from __future__ import annotations
@@ -34,21 +38,23 @@ class ModelSpec:
     build
         ``build(in_shape, num_classes, **options) -> nn.Module``.
     negation_layers
-        NoT's default layers to negate, as selectors for :func:`resolve_layers`.
+        NoT's default parameters to negate, as selectors for :func:`resolve_layers`.
     """
 
     build: Callable[..., nn.Module]
     negation_layers: tuple[Selector, ...]
 
 
-# NoT negates the first layer of the CNN and ResNet-18 and the patch projection of ViTs
-# (paper, Section 14 and Appendix "NoT").
+# NoT negates the WEIGHT of the first layer only (paper, Section 5.3: "we only negate the
+# weights of the first layer"; its Section 11 code negates parameter index 0, the weight,
+# not the bias): conv1.weight of the CNNs and ResNet-18, the patch projection's weight of
+# the ViTs (Section 14). Names, not the int 0, because an int selects a whole layer here.
 MODELS: dict[str, ModelSpec] = {
-    "cnn": ModelSpec(build_cnn, (0,)),
-    "cnn_nonorm": ModelSpec(build_cnn_nonorm, (0,)),
-    "resnet18": ModelSpec(build_resnet18, (0,)),
-    "vit_b16": ModelSpec(build_vit_b16, ("conv_proj",)),
-    "vit_tiny": ModelSpec(build_vit_tiny, ("conv_proj",)),
+    "cnn": ModelSpec(build_cnn, ("conv1.weight",)),
+    "cnn_nonorm": ModelSpec(build_cnn_nonorm, ("conv1.weight",)),
+    "resnet18": ModelSpec(build_resnet18, ("conv1.weight",)),
+    "vit_b16": ModelSpec(build_vit_b16, ("conv_proj.weight",)),
+    "vit_tiny": ModelSpec(build_vit_tiny, ("conv_proj.weight",)),
 }
 
 # Normalizations are invariant to the sign of their input up to the sign of their affine
@@ -161,7 +167,11 @@ def seeded_model(
 
 
 def default_negation_layers(model_name: str) -> list[Selector]:
-    """NoT's default layers to negate for a registered model.
+    """NoT's default parameters to negate for a registered model: the first layer's weight.
+
+    NoT negates ``theta'_l = -theta_l`` for ``l`` in ``L_neg`` (paper, Algorithm 1) with
+    ``L_neg`` the weight of the first layer only, not its bias (Section 5.3; the code of
+    Section 11 negates parameter index 0).
 
     Parameters
     ----------
@@ -171,8 +181,8 @@ def default_negation_layers(model_name: str) -> list[Selector]:
     Returns
     -------
     list of str or int
-        Selectors for :func:`resolve_layers`: ``[0]`` (the first layer) for the CNNs and
-        ResNet-18, ``["conv_proj"]`` for the ViTs.
+        Selectors for :func:`resolve_layers`: ``["conv1.weight"]`` for the CNNs and
+        ResNet-18, ``["conv_proj.weight"]`` for the ViTs.
     """
     return list(_spec(model_name).negation_layers)
 
@@ -237,8 +247,10 @@ def resolve_layers(model: nn.Module, selectors: Sequence[Selector]) -> list[str]
         The model the selectors refer to.
     selectors
         Each one is an int, an index into :func:`layers` (negative counts from the end,
-        so ``-1`` is the classifier); a module name, selecting all parameters of that
-        module and its submodules (``"conv1"``, ``"conv_proj"``,
+        so ``-1`` is the classifier) selecting every parameter of that layer, weight and
+        bias: it counts layers, unlike the NoT paper's code, whose index counts parameters
+        (its ``0`` is ``"conv1.weight"`` here); a module name, selecting all parameters
+        of that module and its submodules (``"conv1"``, ``"conv_proj"``,
         ``"encoder.layers.encoder_layer_0"``); or a full parameter name
         (``"conv1.weight"``, ``"class_token"``).
 

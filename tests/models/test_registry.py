@@ -192,13 +192,22 @@ def test_resolve_layers_errors(selector: str | int, message: str) -> None:
 
 
 def test_default_negation_layers() -> None:
-    assert default_negation_layers("cnn") == [0]
-    assert default_negation_layers("resnet18") == [0]
-    assert default_negation_layers("vit_b16") == ["conv_proj"]
+    # NoT negates the first layer's weight only, not its bias (paper, Section 5.3; its
+    # code negates parameter index 0), which the int selector 0 would not give: it counts
+    # layers and takes conv1.bias too.
+    assert default_negation_layers("cnn") == ["conv1.weight"]
+    assert default_negation_layers("cnn_nonorm") == ["conv1.weight"]
+    assert default_negation_layers("resnet18") == ["conv1.weight"]
+    assert default_negation_layers("vit_b16") == ["conv_proj.weight"]
+    assert default_negation_layers("vit_tiny") == ["conv_proj.weight"]
     for name in SMALL_MODELS:
         model = build_model(name, 10, (3, 32, 32))
         first = resolve_layers(model, default_negation_layers(name))
-        assert first and all(p.startswith(("conv1.", "conv_proj.")) for p in first)
+        assert len(first) == 1 and first[0] in ("conv1.weight", "conv_proj.weight")
+        # The weight of the first layer that has a weight (a ViT's class_token comes first).
+        owner = next(layer for layer in layers(model) if any(
+            p.endswith(".weight") for p in layer.params))
+        assert first == [f"{owner.name}.weight"]
     with pytest.raises(ValueError, match="unknown model"):
         default_negation_layers("vgg")
     assert set(MODELS) == {"cnn", "cnn_nonorm", "resnet18", "vit_b16", "vit_tiny"}
