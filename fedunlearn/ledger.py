@@ -21,7 +21,7 @@ The ledger is a :class:`~fedunlearn.sqlite.SQLiteFile`: private to its owner
 (requests name clients and samples), and on disk when a write returns, so a
 finished request survives a crash or a power cut right after.
 
-Why one module of ~410 lines: one state machine over one table set; most lines are
+Why one module of ~450 lines: one state machine over one table set; most lines are
 the documentation of its transitions and guarantees.
 """
 

@@ -4,6 +4,9 @@ Every key of the tree has a :class:`Rule` in :func:`rules` (its type, range or
 choices); :func:`validate` checks them all, then what keys say only together
 (:func:`_check_combinations`). A method's own section is checked by the method
 (:func:`strategies.registry.plan`).
+
+Why one module of ~360 lines: the table is one line per key of ``conf/``, kept in one
+place so that a new key fails ``tests/test_config.py`` until it has its rule.
 """
 
 from __future__ import annotations

@@ -61,11 +61,15 @@ def recovery(settings: Job) -> Recovery:
 
 
 def make_strategy(spec: MethodSpec, settings: Job, targets: Targets,
-                  limits: Mapping[int, int] | None = None) -> UnlearningStrategy:
-    """The strategy of one method run for one request (not yet provided for)."""
+                  limits: Mapping[int, int] | None = None,
+                  nodes: Mapping[int, int] | None = None) -> UnlearningStrategy:
+    """The strategy of one method run for one request (not yet provided for);
+    ``nodes`` (partition -> node id) ranks the nodes the same in every run."""
     strategy = spec.cls(targets, recovery(settings), seed=settings.seed,
                         fraction_train=settings.train.fraction_train, limits=limits,
-                        aggregator=aggregator(settings), **spec.options)
+                        aggregator=aggregator(settings),
+                        ranks={node: pid for pid, node in (nodes or {}).items()},
+                        **spec.options)
     strategy.label = spec.label
     return strategy
 
@@ -146,7 +150,7 @@ def run_method(grid: Grid, spec: MethodSpec, outcome: TrainOutcome,
     The cost counts what the provisions cost too (the curvature statistics).
     """
     settings = outcome.settings
-    strategy = make_strategy(spec, settings, targets, outcome.limits)
+    strategy = make_strategy(spec, settings, targets, outcome.limits, outcome.nodes)
     provisions = provider(spec.cls.needs)
     strategy.provide({k: ((v.h, v.h_prime) if isinstance(v, Curvature) else v)
                       for k, v in provisions.items()})

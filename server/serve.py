@@ -83,7 +83,8 @@ def serve(grid: Grid, settings: Job, federation: Federation, out_dir: Path) -> T
         arrays = ArrayRecord(initial)
     strategy = FederatedAveraging(participants=list(active.values()),
                                   fraction_train=t.fraction_train, seed=settings.seed,
-                                  limits=limits, aggregator=aggregator(settings))
+                                  limits=limits, aggregator=aggregator(settings),
+                                  ranks={node: pid for pid, node in roster.nodes.items()})
     # The answers use the serving method alone.
     answerer = replace(settings, methods=(settings.serve_method,))
     schedule = planned(settings)

@@ -82,6 +82,7 @@ def train_global(grid: Grid, settings: Job, federation: Federation,
             seed=settings.seed,
             limits=limits,
             aggregator=aggregator(settings),
+            ranks={node: pid for pid, node in nodes.items()},
         )
         run_log = RunLog(out_dir)
         final = strategy.run_rounds(

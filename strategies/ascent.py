@@ -17,6 +17,10 @@ from strategies.unlearning import Phase, Targets, UnlearningStrategy
 class GradientAscent(UnlearningStrategy):
     """GA: ``rounds`` ascent rounds on the forget nodes, then recovery.
 
+    The defaults are ``conf/unlearn/method/ga.yaml``'s: 2 rounds x 5 local epochs at lr
+    1e-2, i.e. 10 epochs over a lone forget node's data, within the grid Ascent Fails to
+    Forget runs GA on (Appendix J: lr 1e-5..5e-2, 1..10 epochs).
+
     Parameters
     ----------
     rounds : int
@@ -34,8 +38,8 @@ class GradientAscent(UnlearningStrategy):
     #: The client behaviour of the ascent rounds (client/modes.py) and its data.
     mode, data = "ascent", "forget"
 
-    def __init__(self, targets: Targets, *args: Any, rounds: int = 1, lr: float = 0.01,
-                 local_epochs: int = 1, grad_clip: float = 1.0, **base: Any) -> None:
+    def __init__(self, targets: Targets, *args: Any, rounds: int = 2, lr: float = 0.01,
+                 local_epochs: int = 5, grad_clip: float = 1.0, **base: Any) -> None:
         super().__init__(targets, *args, **base)
         where = f"unlearn.{self.section}"
         if rounds < 0:
@@ -63,11 +67,22 @@ class GradientAscent(UnlearningStrategy):
 
 
 class GradientDescentAscent(GradientAscent):
-    """GDA: rounds where every node ascends on forget data and descends on retained data."""
+    """GDA: rounds where every node ascends on forget data and descends on retained data.
+
+    The defaults are ``conf/unlearn/method/gda.yaml``'s: 1 round x 5 local epochs (each an
+    ascent and a descent epoch) at lr 5e-3, the largest of the grid Ascent Fails to Forget
+    runs GDA on (Appendix J: lr 5e-5..5e-3, 3 or 5 ascent epochs). Parameters as
+    :class:`GradientAscent`.
+    """
 
     name = "GDA"
     section = "gda"
     mode, data = "gda", "all"
+
+    def __init__(self, targets: Targets, *args: Any, rounds: int = 1, lr: float = 0.005,
+                 local_epochs: int = 5, grad_clip: float = 1.0, **base: Any) -> None:
+        super().__init__(targets, *args, rounds=rounds, lr=lr, local_epochs=local_epochs,
+                         grad_clip=grad_clip, **base)
 
     def ascent_nodes(self) -> list[int]:
         """Every node holding forget or retained data."""

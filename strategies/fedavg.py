@@ -71,6 +71,10 @@ class FederatedAveraging(FedAvg):
     aggregator : FedAvg, optional
         The Flower strategy whose ``aggregate_train`` combines the usable
         replies' arrays (:func:`strategies.robust.make_aggregator`); default FedAvg.
+    ranks : mapping of int to int, optional
+        Per node id, a rank that is the same in every run (its partition id): node
+        ids are drawn anew each run, so sampling and summing in node-id order would
+        not repeat under the seed. Nodes without a rank go by their id.
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class FederatedAveraging(FedAvg):
         seed: int = 0,
         limits: Mapping[int, int] | None = None,
         aggregator: FedAvg | None = None,
+        ranks: Mapping[int, int] | None = None,
     ) -> None:
         # Our round driver evaluates centrally and never configures federated
         # evaluation; FedAvg warns about fraction_evaluate=0 on every construction.
@@ -98,6 +103,7 @@ class FederatedAveraging(FedAvg):
             flwr_log.setLevel(level)
         self.participants = list(participants) if participants is not None else None
         self.limits = dict(limits or {})
+        self.ranks = dict(ranks or {})
         self.aggregator = aggregator
         self._sent: list[Message] = []
         self.seed = seed
@@ -111,11 +117,16 @@ class FederatedAveraging(FedAvg):
 
     def select_nodes(self, grid: Grid) -> list[int]:
         """The nodes that train this round: a seeded sample of the participants."""
-        pool = sorted(self.participants if self.participants is not None else grid.get_node_ids())
+        pool = sorted(self.participants if self.participants is not None
+                      else grid.get_node_ids(), key=self._rank)
         if not pool:
             return []
         size = max(1, round(len(pool) * self.fraction_train))
         return sorted(self._rng.sample(pool, size)) if size < len(pool) else pool
+
+    def _rank(self, node: int) -> tuple[int, int]:
+        """Sort key of a node: its rank (partition), then its id."""
+        return (self.ranks.get(node, node), node)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -155,7 +166,7 @@ class FederatedAveraging(FedAvg):
             return None, None
         # In node order, not arrival order: a float sum depends on its order, and a run
         # must repeat bit for bit under its seed whichever node answers first.
-        usable.sort(key=lambda m: reply_node(m, self._sent))
+        usable.sort(key=lambda m: self._rank(reply_node(m, self._sent)))
         # Costs of every usable reply, before a robust rule drops some (or pops arrays).
         metrics = self.train_metrics_aggr_fn([m.content for m in usable], self.weighted_by_key)
         if self.aggregator is None:

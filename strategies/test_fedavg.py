@@ -158,3 +158,18 @@ def test_unknown_aggregation_is_one_line():
         make_aggregator("mean")
     with pytest.raises(ValueError, match="aggregation 'trimmed_mean': .*beta"):
         make_aggregator("trimmed_mean", beta=0.7)
+
+
+def test_sampling_and_summing_follow_ranks_not_node_ids():
+    # Node ids are drawn anew each run; partitions are not. Same partitions, other ids:
+    # the same sample of partitions, and replies summed in the same order.
+    picks = []
+    for ids in ((11, 12, 13, 14), (94, 3, 57, 20)):
+        strategy = FederatedAveraging(fraction_train=0.5, seed=7,
+                                      ranks={node: pid for pid, node in enumerate(ids)})
+        sent = configured(strategy, ids)
+        picks.append(sorted(ids.index(m.metadata.dst_node_id) for m in sent))
+        replies = [reply_to(m, np.full((2, 3), 0.1 * (i + 1)), np.ones(3), 10)
+                   for i, m in enumerate(sent)]
+        strategy.aggregate_train(1, list(reversed(replies)))
+    assert picks[0] == picks[1]

@@ -130,7 +130,7 @@ class UnlearningStrategy(FederatedAveraging):
         Retain and forget nodes, and the request.
     recovery : Recovery
         Rounds and learning rate every method shares.
-    seed, fraction_train, limits, aggregator
+    seed, fraction_train, limits, aggregator, ranks
         See :class:`~strategies.fedavg.FederatedAveraging`.
     """
 
@@ -147,9 +147,10 @@ class UnlearningStrategy(FederatedAveraging):
 
     def __init__(self, targets: Targets, recovery: Recovery, *, seed: int = 0,
                  fraction_train: float = 1.0, limits: Mapping[int, int] | None = None,
-                 aggregator: FedAvg | None = None) -> None:
+                 aggregator: FedAvg | None = None,
+                 ranks: Mapping[int, int] | None = None) -> None:
         super().__init__(participants=targets.retain_nodes, fraction_train=fraction_train,
-                         seed=seed, limits=limits, aggregator=aggregator)
+                         seed=seed, limits=limits, aggregator=aggregator, ranks=ranks)
         self.targets = targets
         self.recovery_settings = recovery
         self.label = self.name

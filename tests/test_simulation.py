@@ -74,12 +74,14 @@ def test_multirun_sweep(fedunlearn_cmd, tmp_path):
 
 
 def test_a_seed_repeats_the_model_bit_for_bit(fedunlearn_cmd, tmp_path):
-    # Two clients train at once in Ray: their replies arrive in either order, and the
-    # aggregate must not depend on it.
+    # Clients train at once in Ray: their replies arrive in any order, and node ids are
+    # drawn anew each run; the aggregate must depend on neither (4 clients: a wrong order
+    # would pass by chance 1 time in 24).
     models = []
     for attempt in ("a", "b"):
         (tmp_path / attempt).mkdir()
-        done = run(fedunlearn_cmd, tmp_path / attempt, "reuse_trained=false")
+        done = run(fedunlearn_cmd, tmp_path / attempt, "reuse_trained=false", "num_clients=4",
+                   "train.fraction_train=0.5")
         assert done.returncode == 0, done.stderr[-2000:]
         models.append(torch.load(tmp_path / attempt / "out" / "global.pt",
                                  weights_only=True)["final"])
