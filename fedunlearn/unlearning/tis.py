@@ -12,10 +12,16 @@ that is the same for every parameter, so it changes no per-layer selection). Per
 parameter tensor ("layer"), the smallest set of entries, highest TIS first, holding a
 fraction ``gamma`` of the tensor's total TIS is reset to its initial (pre-training) value.
 
+Eq. 28 assumes curvature in the Fisher sense, non-negative. A signed estimate (a Hessian
+diagonal, Hutchinson's) never reaches it unguarded: entries with a negative or near-zero
+``h`` or a negative ``h'`` score 0 (:func:`tis_scores`), and a statistic that is 0
+everywhere, or scores that are NaN or infinite, are refused rather than resetting nothing
+or something arbitrary.
+
 Recovery (TRIM, paper Appendix 2) then fine-tunes only the reset entries on retained data:
 :func:`trim_mask` gives the mask for ``fedunlearn.training.train(trainable_mask=...)``.
 
-Why one module of ~430 lines: the TIS algorithm end to end (Eq. 28-30, selection,
+Why one module of ~500 lines: the TIS algorithm end to end (Eq. 28-30, selection,
 reset, TRIM's mask) with the paper's equations in the docstrings.
 """
 
@@ -28,6 +34,27 @@ import torch
 from torch import Tensor, nn
 
 Shapes = Mapping[str, Sequence[int]]
+
+#: The near-zero floor of a signed statistic, relative to a tensor's mean ``|h|``: there,
+#: entries with ``h_i <= SIGNED_FLOOR * mean_l |h|`` score 0 (see :func:`tis_scores`).
+SIGNED_FLOOR = 1e-3
+
+
+def _require_usable(h: Mapping[str, Tensor], h_prime: Mapping[str, Tensor]) -> None:
+    """Refuse ``(h, h')`` that is 0 for every parameter: TIS would then reset nothing.
+
+    Raises
+    ------
+    ValueError
+        ``h`` or ``h'`` holds no nonzero entry (one line).
+    """
+    for label, stat in (("h", h), ("h'", h_prime)):
+        if not any(bool(tensor.any()) for tensor in stat.values()):
+            why = "no curvature at all" if label == "h" else "no curvature on the forget samples"
+            raise ValueError(
+                f"{label} is 0 for every parameter ({why}): an unusable curvature statistic, "
+                "with which TIS would reset nothing"
+            )
 
 
 class CurvatureReplyError(ValueError):
@@ -183,7 +210,9 @@ class CurvatureAccumulator:
         Raises
         ------
         ValueError
-            No forget samples were reported (``N_T = 0``): there is nothing to unlearn.
+            No forget samples were reported (``N_T = 0``): there is nothing to unlearn; or
+            ``h`` or ``h'`` is 0 for every parameter, an unusable statistic with which TIS
+            would silently reset nothing (the server fails the request then).
         """
         if self._n_forget == 0:
             raise ValueError(
@@ -196,44 +225,78 @@ class CurvatureAccumulator:
             for name in self._shapes
         }
         h_prime = {name: (self._forget[name] / self._n_forget).float() for name in self._shapes}
+        _require_usable(h, h_prime)
         return h, h_prime
 
 
-def tis_scores(h: Mapping[str, Tensor], h_prime: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Target Information Score per parameter entry (paper Eq. 28).
+def tis_scores(
+    h: Mapping[str, Tensor],
+    h_prime: Mapping[str, Tensor],
+    *,
+    signed_floor: float = SIGNED_FLOOR,
+) -> dict[str, Tensor]:
+    """Target Information Score per parameter entry (paper Eq. 28), guarded.
+
+    ``TIS_i = (h'_i / h_i)^2``, except that an entry scores 0 where
+
+    - ``h_i <= 0``: a parameter the loss is flat in carries no information the paper's
+      model can measure, and a negative curvature is no Fisher information;
+    - ``h'_i < 0``: squaring would turn it into information;
+    - the statistic is signed (any entry of ``h`` or ``h'`` is negative: a Hessian
+      diagonal or a Hutchinson estimate) and ``h_i <= signed_floor * mean_l |h|``, the
+      mean over the entry's tensor ``l``: a near-zero ``h_i`` of such an estimate is
+      noise, and dividing by it would make TIS explode (5.5e16 at ``h_i = -4e-9`` before
+      this guard) and win the selection.
+
+    A non-negative statistic needs no floor: there ``h >= (N_T / N) h'`` entry by entry
+    (Eq. 30, each client's ``h_f`` is part of ``h``), so TIS is at most ``(N / N_T)^2``,
+    and its tiny ``h_i`` are the parameters only the forget samples move, the ones TIS is
+    after (a floor of even 1e-8 of the mean changed the exact mask of a digits CNN, Jaccard
+    0.91). Its scores are Eq. 28's, unchanged.
 
     Parameters
     ----------
     h, h_prime
         As returned by :meth:`CurvatureAccumulator.result` (same names and shapes).
+    signed_floor
+        The near-zero floor of a signed statistic, relative to each tensor's mean ``|h|``.
 
     Returns
     -------
     dict of str to torch.Tensor
-        ``(h'_i / h_i)^2`` as float32, and 0 where ``h_i == 0`` (a parameter the loss is
-        flat in carries no information the paper's model can measure).
+        The guarded ``(h'_i / h_i)^2`` as float32, non-negative and finite.
 
     Raises
     ------
     ValueError
-        Names or shapes differ, or a score overflows float32 (only possible when ``h``
-        can be tiny and ``h'`` is not, i.e. with estimators that produce negative entries).
+        Names or shapes differ, ``h`` or ``h'`` holds NaN or Inf (the message names the
+        tensor), either is 0 for every parameter (TIS would reset nothing), or a score
+        overflows float32 (a signed ``h'`` far above ``h``'s floor).
     """
     if set(h) != set(h_prime):
         raise ValueError("h and h_prime name different parameters")
-    scores = {}
     for name, curvature in h.items():
         target = h_prime[name]
         if curvature.shape != target.shape:
             raise ValueError(
                 f"{name}: h has shape {tuple(curvature.shape)}, h_prime {tuple(target.shape)}"
             )
-        curvature, target = curvature.double(), target.double()
-        flat = curvature == 0
-        ratio = target / torch.where(flat, torch.ones_like(curvature), curvature)
-        score = torch.where(flat, torch.zeros_like(ratio), ratio.square()).float()
+        for label, stat in (("h", curvature), ("h'", target)):
+            if torch.isnan(stat).any():
+                raise ValueError(f"{label} of {name!r} holds NaN")
+            if torch.isinf(stat).any():
+                raise ValueError(f"{label} of {name!r} holds Inf")
+    _require_usable(h, h_prime)
+    signed = any(bool((h[name] < 0).any() or (h_prime[name] < 0).any()) for name in h)
+    scores = {}
+    for name, curvature in h.items():
+        curvature, target = curvature.double(), h_prime[name].double()
+        floor = signed_floor * float(curvature.abs().mean()) if signed else 0.0
+        usable = (curvature > floor) & (target >= 0)
+        ratio = target / torch.where(usable, curvature, torch.ones_like(curvature))
+        score = torch.where(usable, ratio.square(), torch.zeros_like(ratio)).float()
         if not torch.isfinite(score).all():
-            raise ValueError(f"{name}: TIS overflows float32 (h has entries near 0)")
+            raise ValueError(f"{name}: TIS overflows float32 (h' is far above h's floor)")
         scores[name] = score
     return scores
 
@@ -263,13 +326,17 @@ def select(scores: Mapping[str, Tensor], gamma: float) -> dict[str, Tensor]:
     Raises
     ------
     ValueError
-        ``gamma`` outside ``[0, 1]`` (e.g. given as a percentage), or negative scores.
+        ``gamma`` outside ``[0, 1]`` (e.g. given as a percentage), or scores that are
+        negative, NaN or infinite (the message names the tensor): a NaN compares false
+        with everything, so it would slip past the sign check and into the ranking.
     """
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"gamma is a fraction in [0, 1] (0.7 for 70 %), got {gamma}")
     masks = {}
     for name, score in scores.items():
         flat = score.detach().flatten().to("cpu", torch.float64)
+        if not torch.isfinite(flat).all():
+            raise ValueError(f"TIS of {name!r} holds NaN or Inf")
         if (flat < 0).any():
             raise ValueError(f"{name}: TIS must be non-negative")
         ranked, order = torch.sort(flat, descending=True, stable=True)

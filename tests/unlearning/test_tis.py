@@ -275,3 +275,72 @@ def test_trim_mask_trains_only_the_reset_entries() -> None:
     assert not torch.equal(after["1.weight"].detach()[chosen], before["1.weight"][chosen])
     with pytest.raises(ValueError, match="lacks"):
         trim_mask({"nope": torch.ones(1, dtype=torch.bool)}, shapes)
+
+
+# ---- issue 11: signed, NaN and all-zero statistics never reach the selection unguarded ----
+def test_signed_estimate_cannot_explode_or_win_the_selection() -> None:
+    # A Hutchinson-like estimate: one h entry negative, one positive but far below the
+    # tensor's scale, one h' negative. Unguarded, (h'/h)^2 gave the first 6.25e10 and the
+    # second 4e12, which alone held gamma of the tensor's TIS, and the third a positive 4.
+    h = {"w": torch.tensor([2e-3, 1e-3, -4e-9, 1.5e-3, 5e-10, 1e-3])}
+    h_prime = {"w": torch.tensor([1e-3, 2e-3, 1e-3, 1e-3, 1e-3, -2e-3])}
+    scores = tis_scores(h, h_prime)["w"]
+    assert torch.allclose(scores, torch.tensor([0.25, 4.0, 0.0, 4 / 9, 0.0, 0.0]))
+    assert select({"w": scores}, 0.5)["w"].tolist() == [False, True, False, False, False, False]
+    # Through the accumulator, as signed client replies arrive (nonnegative=False).
+    acc = CurvatureAccumulator({"w": (6,)})
+    acc.add(h_prime, 1, {"w": 2 * h["w"] - h_prime["w"]}, 1)  # h = mean of the two
+    assert torch.allclose(tis_scores(*acc.result())["w"], scores)
+
+
+def test_nonnegative_statistic_keeps_eq28_scores_even_at_tiny_h() -> None:
+    # Without a negative entry no floor applies: h >= (N_T / N) h' bounds TIS by
+    # (N / N_T)^2 = 16 here, and the tiny-h entry only the forget sample moves is the
+    # most informative one, as Eq. 28 says.
+    acc = CurvatureAccumulator({"w": (3,)}, nonnegative=True)
+    acc.add({"w": torch.tensor([1e-12, 1.0, 2.0])}, 1, {"w": torch.tensor([0.0, 1.0, 2.0])}, 3)
+    scores = tis_scores(*acc.result())["w"]
+    assert torch.allclose(scores, torch.tensor([16.0, 1.0, 1.0]))
+    assert select({"w": scores}, 0.5)["w"].tolist() == [True, False, False]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_select_refuses_nan_and_infinite_scores(bad: float) -> None:
+    scores = {"fine": torch.tensor([1.0, 2.0]), "conv1.weight": torch.tensor([1.0, bad, 2.0])}
+    with pytest.raises(ValueError, match=r"TIS of 'conv1.weight' holds NaN or Inf") as error:
+        select(scores, 0.5)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("which", "bad", "message"),
+    [
+        ("h", float("nan"), "h of 'w' holds NaN"),
+        ("h_prime", float("nan"), "h' of 'w' holds NaN"),
+        ("h", float("inf"), "h of 'w' holds Inf"),
+    ],
+)
+def test_tis_scores_names_nan_and_inf(which: str, bad: float, message: str) -> None:
+    stats = {"h": ones(1.0), "h_prime": ones(1.0)}
+    stats[which]["w"][1, 2] = bad
+    with pytest.raises(ValueError, match=message) as error:
+        tis_scores(stats["h"], stats["h_prime"])
+    assert "\n" not in str(error.value) and "overflow" not in str(error.value)
+
+
+def test_all_zero_statistics_are_refused() -> None:
+    with pytest.raises(ValueError, match="h is 0 for every parameter") as error:
+        tis_scores(ones(0.0), ones(1.0))
+    assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="h' is 0 for every parameter"):
+        tis_scores(ones(1.0), ones(0.0))
+    # The accumulator refuses them too, so that the server fails the request (its
+    # CurvatureError) before anything touches the model.
+    acc = CurvatureAccumulator(SHAPES, nonnegative=True)
+    acc.add(ones(0.0), 2, ones(0.0), 3)
+    with pytest.raises(ValueError, match="unusable curvature statistic") as error:
+        acc.result()
+    assert "\n" not in str(error.value)
+    # One tensor at 0 is fine (a parameter the loss does not depend on): it resets nothing.
+    h = {"w": torch.ones(2, 3), "b": torch.zeros(3)}
+    assert not select(tis_scores(h, h), 1.0)["b"].any()
