@@ -93,6 +93,18 @@ def serve(grid: Grid, settings: Job, federation: Federation, out_dir: Path) -> T
     key = signing_key(settings, path)
     first_seen: dict[str, int] = {}
     done_rounds = len(history)
+
+    def save(arrays: ArrayRecord) -> None:
+        """Checkpoint the served model and the rounds so far, and the answers (atomic)."""
+        Checkpoint(settings.fingerprint, initial, arrays.to_torch_state_dict(), history,
+                   dict(settings.training_view),
+                   [{"round": r, "node": n, "reason": why} for r, n, why in
+                    strategy.refused]).save(state_path)
+        tmp = out_dir / "serve.json.tmp"
+        tmp.write_text(json.dumps({"rounds": settings.serve_rounds,
+                                   "method": settings.serve_method, "answered": served},
+                                  indent=2))
+        tmp.replace(out_dir / "serve.json")
     with Ledger(path) as ledger:
         # After a restart: clients forgotten whole stay out, and every node is told again
         # what the ledger says it deleted (a restarted node forgot it; it must not train
@@ -128,6 +140,8 @@ def serve(grid: Grid, settings: Job, federation: Federation, out_dir: Path) -> T
                                "served_model": digest(arrays.to_torch_state_dict())})
                 LOG.info("[serve] round %d: request %s answered by %s; its model is served",
                          rnd, request.request_id, settings.serve_method)
+                # Kept at once: a restart serves the model the receipt names.
+                save(arrays)
             strategy.participants = list(active.values())
 
             def numbered(record: RoundRecord, rnd: int = rnd) -> None:
@@ -140,10 +154,7 @@ def serve(grid: Grid, settings: Job, federation: Federation, out_dir: Path) -> T
                 config=ConfigRecord({P.PAYLOAD: settings.payload, P.PHASE: "serve"}),
                 evaluate_fn=evaluator, timeout=t.round_timeout, phase="serve",
                 on_round=numbered)
-            Checkpoint(settings.fingerprint, initial, arrays.to_torch_state_dict(),
-                       history, dict(settings.training_view),
-                       [{"round": r, "node": n, "reason": why} for r, n, why in
-                        strategy.refused]).save(state_path)
+            save(arrays)
     accuracy = float(evaluator(0, arrays)["test_accuracy"])
     seconds = time.perf_counter() - started
     (out_dir / "serve.json").write_text(json.dumps({
