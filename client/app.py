@@ -202,11 +202,24 @@ def _deleted(context: Context) -> ConfigRecord:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Evaluate the received global model on this node's validation split."""
+    """Evaluate the received global model on this node's validation split.
+
+    With a request in the message (adaptive recovery), a class being forgotten is left
+    out: the question is whether the retained knowledge is back, and a model that
+    forgot the class well must not look unrecovered for it.
+    """
     view = node_view(msg, context)
     model = view.model()
     _load(model, msg.content.array_records[P.ARRAYS])
     data = view.federation.client_val(view.partition_id)
+    config = msg.content.config_records.get(P.CONFIG, ConfigRecord())
+    if config.get(P.REQUEST):
+        from fedunlearn.requests import ForgetRequest
+
+        request = ForgetRequest.from_json(str(config[P.REQUEST]))
+        if request.kind == "class":
+            keep = (data.labels != request.cls).nonzero().flatten().numpy()
+            data = data.subset(keep)
     stats = evaluate_model(
         model, data.images, data.labels,
         batch_size=view.settings.train.eval_batch_size, device=view.device,

@@ -70,3 +70,16 @@ def test_trim_mask_keeps_frozen_entries_on_the_client():
         frozen = ~mask[name].bool()
         assert torch.equal(after[name][frozen], before[name][frozen])
     assert not np.allclose(after[first].view(-1)[:3].numpy(), before[first].view(-1)[:3].numpy())
+
+
+def test_validation_leaves_a_forgotten_class_out():
+    from client.app import evaluate
+
+    plain = evaluate(message("evaluate"), context()).content.metric_records[P.METRICS]
+    forgetting = scenario_request({"kind": "class", "client": 0, "cls": 3})
+    msg = message("evaluate")
+    msg.content.config_records["config"][P.REQUEST] = forgetting.to_json()
+    left = evaluate(msg, context()).content.metric_records[P.METRICS]
+    val = build_federation(CFG).client_val(0)
+    assert plain[P.NUM_EXAMPLES] == len(val)
+    assert left[P.NUM_EXAMPLES] == int((val.labels != 3).sum())

@@ -243,8 +243,10 @@ class UnlearningStrategy(FederatedAveraging):
         if r.epsilon is not None and any(p.adaptive for p in phases):
             # The stopping rule's reference: the trained model on the same validation splits
             # (the nodes see them; no Retrain is needed to know when to stop).
+            # The request rides along: the nodes leave a forgotten class out of validation.
+            checks = ConfigRecord({**config, P.REQUEST: self.targets.request_json})
             baseline = self.validate(grid, ArrayRecord(trained), self.targets.retain_nodes,
-                                     config, timeout)
+                                     checks, timeout)
             self.validation = {"val_before": baseline}
         for phase in phases:
             if phase.rounds < 1 or not phase.participants:
@@ -254,7 +256,7 @@ class UnlearningStrategy(FederatedAveraging):
             rounds, until = phase.rounds, None
             if phase.adaptive and baseline is not None:
                 rounds = r.max_rounds
-                until = self._recovered(grid, baseline, config, timeout)
+                until = self._recovered(grid, baseline, checks, timeout)
             arrays = self.run_rounds(grid, arrays, rounds=rounds, config=config,
                                      evaluate_fn=evaluate_fn, timeout=timeout,
                                      phase=f"{self.label}:{phase.name}", on_round=keep,
