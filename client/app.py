@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 from functools import partial
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -11,7 +13,14 @@ from flwr.clientapp import ClientApp
 from torch.utils.flop_counter import FlopCounterMode
 
 from client.modes import MODES, Local
-from client.node import TrainOrder, node_view, partition_id
+from client.node import (
+    TrainOrder,
+    node_outbox,
+    node_view,
+    partition_id,
+    record_deletion,
+    stored_self_check,
+)
 from fedunlearn import protocol as P
 from fedunlearn.training import evaluate as evaluate_model
 from fedunlearn.training import pick_device
@@ -51,11 +60,8 @@ def requests(msg: Message, context: Context) -> Message:
     ignores repeats by request id.
     """
     found = ConfigRecord()
-    path = context.node_config.get("outbox")
-    if path:
-        from fedunlearn.outbox import Outbox
-
-        with Outbox(str(path)) as outbox:
+    with node_outbox(context) as outbox:
+        if outbox is not None:
             # Lets `fedunlearn forget` refuse a request in another client's name at once.
             outbox.claim(partition_id(context))
             acked = msg.content.config_records.get(P.ACK, ConfigRecord())
@@ -144,7 +150,10 @@ def curvature(msg: Message, context: Context) -> Message:
     view = node_view(msg, context)
     config = msg.content.config_records[P.CONFIG]
     request = str(config[P.REQUEST])
-    if request in _deleted(context).values():
+    from fedunlearn.requests import parse_requests
+
+    asked = {r.request_id for r in parse_requests(request)}
+    if asked & {r.request_id for text in view.deleted for r in parse_requests(text)}:
         raise RuntimeError(f"partition {view.partition_id} has already deleted the forget "
                            "data of this request; its curvature cannot be computed")
     arrays = msg.content.array_records[P.ARRAYS]
@@ -181,23 +190,44 @@ def curvature(msg: Message, context: Context) -> Message:
 
 @app.query(P.DELETE)
 def delete(msg: Message, context: Context) -> Message:
-    """Note that this node deleted the forget data of the message's request.
+    """Delete the forget data of the message's request; for the node's own request,
+    check and keep the server's receipt first.
 
-    A real deployment deletes the samples here; the simulation keeps its data and
-    remembers the deletion in the node's state: later curvature queries for it fail
-    and no later training uses its samples. Telling a node twice changes nothing (a
-    server that restarts tells the nodes again what its ledger says is deleted).
+    A real deployment deletes the samples here; this node remembers the deletion in
+    its state and, with an ``outbox`` in its node config, in that file, so that even a
+    restarted SuperNode never trains on them again and refuses curvature queries for
+    the request. With a receipt (``receipt`` and the model it names under ``arrays``),
+    the node first checks that model on the samples it is about to delete
+    (:func:`client.selfcheck.self_check`), stores receipt and check in its outbox, and
+    replies with the check under ``self-check``. Telling a node twice changes nothing
+    and gets the same reply (a restarted server tells the nodes again what its ledger
+    says is deleted).
     """
-    request = str(msg.content.config_records[P.CONFIG][P.REQUEST])
-    deleted = _deleted(context)
-    if request not in deleted.values():
-        deleted[str(len(deleted))] = request
-    context.state[P.DELETED] = deleted
-    return Message(RecordDict(), reply_to=msg)
+    config = msg.content.config_records[P.CONFIG]
+    request = str(config[P.REQUEST])
+    reply = RecordDict()
+    receipt = check = None
+    if config.get(P.RECEIPT):
+        receipt = json.loads(str(config[P.RECEIPT]))
+        check = _self_check(msg, context, request, receipt)
+        reply[P.SELF_CHECK] = MetricRecord(check)
+    record_deletion(context, request, receipt, check)
+    return Message(reply, reply_to=msg)
 
 
-def _deleted(context: Context) -> ConfigRecord:
-    return context.state.config_records.get(P.DELETED, ConfigRecord())
+def _self_check(msg: Message, context: Context, request: str,
+                receipt: dict[str, Any]) -> dict[str, float]:
+    """The self-check already replied for this request, else a fresh one."""
+    from fedunlearn.requests import ForgetRequest
+
+    check = stored_self_check(context, ForgetRequest.from_json(request).request_id)
+    if check is not None:
+        return check
+    from client.selfcheck import self_check
+
+    key = context.node_config.get("server-public-key")
+    return self_check(node_view(msg, context), request, receipt,
+                      msg.content.array_records[P.ARRAYS], str(key) if key else None)
 
 
 @app.evaluate()
@@ -214,12 +244,12 @@ def evaluate(msg: Message, context: Context) -> Message:
     data = view.federation.client_val(view.partition_id)
     config = msg.content.config_records.get(P.CONFIG, ConfigRecord())
     if config.get(P.REQUEST):
-        from fedunlearn.requests import ForgetRequest
+        from fedunlearn.requests import parse_requests
 
-        request = ForgetRequest.from_json(str(config[P.REQUEST]))
-        if request.kind == "class":
-            keep = (data.labels != request.cls).nonzero().flatten().numpy()
-            data = data.subset(keep)
+        classes = [r.cls for r in parse_requests(str(config[P.REQUEST])) if r.kind == "class"]
+        if classes:
+            keep = (~torch.isin(data.labels, torch.tensor(classes))).nonzero().flatten()
+            data = data.subset(keep.numpy())
     stats = evaluate_model(
         model, data.images, data.labels,
         batch_size=view.settings.train.eval_batch_size, device=view.device,

@@ -1,8 +1,13 @@
-"""What a client node knows: its partition, its device, its local data and model."""
+"""What a client node knows: its partition, its device, its local data and model, and
+which requests' forget data it has deleted (its state, and its outbox when it has one)."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,6 +17,8 @@ from fedunlearn import protocol as P
 from fedunlearn.config import ConfigError, from_payload
 from fedunlearn.data import ImageData
 from fedunlearn.federation import Federation, build_federation
+from fedunlearn.outbox import Outbox
+from fedunlearn.requests import ForgetRequest
 from fedunlearn.settings import Job, Training
 
 
@@ -54,11 +61,11 @@ class NodeView:
 
 def _forget_ids(federation: Federation, request_json: str, client: int) -> np.ndarray:
     # Materializing is a few numpy set operations: cheap enough to redo per message.
-    from fedunlearn.requests import ForgetRequest, materialize
+    # A pass over several requests at once sends them as a list: their union is forgotten.
+    from fedunlearn.requests import materialize_all, parse_requests
 
-    request = ForgetRequest.from_json(request_json)
-    forget = materialize(request, federation.train_ids,
-                         federation.splits.train.labels.numpy(), federation.poisoned)
+    forget = materialize_all(parse_requests(request_json), federation.train_ids,
+                             federation.splits.train.labels.numpy(), federation.poisoned)
     return forget.ids_by_client.get(client, np.empty(0, dtype=np.int64))
 
 
@@ -126,6 +133,72 @@ def node_view(msg: Message, context: Context) -> NodeView:
     cfg = from_payload(str(config[P.PAYLOAD]))
     settings = Job.from_config(cfg)
     pid = partition_id(context, settings.num_clients)
-    deleted = context.state.config_records.get(P.DELETED, ConfigRecord())
     return NodeView(settings, pid, build_federation(cfg), settings.torch_device(),
-                    tuple(str(v) for v in deleted.values()))
+                    deleted_requests(context))
+
+
+# ---- what the node deleted: its state, and its outbox file when it has one -----------
+# The state lives as long as the SuperNode process (all a simulated node has); the
+# outbox survives a restart, so a deployed node never trains on deleted samples again.
+
+
+@contextmanager
+def node_outbox(context: Context) -> Iterator[Outbox | None]:
+    """The outbox file the node config names (``outbox``), open; None without one."""
+    path = context.node_config.get("outbox")
+    if not path:
+        yield None
+        return
+    with Outbox(str(path)) as outbox:
+        yield outbox
+
+
+def deleted_requests(context: Context) -> tuple[str, ...]:
+    """Requests (JSON) whose forget data this node deleted: its state's and its outbox's."""
+    found = [str(v) for v in _state(context, P.DELETED).values()]
+    with node_outbox(context) as outbox:
+        if outbox is not None:
+            found += outbox.deleted()
+    return tuple(dict.fromkeys(found))
+
+
+def stored_self_check(context: Context, request_id: str) -> dict[str, float] | None:
+    """The self-check this node already replied with for ``request_id``; None if none."""
+    with node_outbox(context) as outbox:
+        if outbox is not None and (check := outbox.self_check(request_id)) is not None:
+            return check
+    text = _state(context, P.SELF_CHECK).get(request_id)
+    return None if text is None else json.loads(str(text))
+
+
+def record_deletion(context: Context, request_json: str, receipt: dict[str, Any] | None = None,
+                    self_check: dict[str, float] | None = None) -> None:
+    """Remember that this node deleted ``request_json``'s forget data (and, for its own
+    request, the receipt with its self-check). Recording again changes nothing.
+
+    Raises
+    ------
+    OutboxError
+        The outbox holds another receipt, or another request under the same id.
+    """
+    request_id = ForgetRequest.from_json(request_json).request_id
+    with node_outbox(context) as outbox:
+        if outbox is not None:
+            # The receipt first: a crash before the deletion is recorded leaves a node
+            # that replies with the stored self-check when told again, not one that
+            # checks a receipt on samples it no longer holds.
+            if receipt is not None and self_check is not None:
+                outbox.store_receipt(request_id, receipt, self_check)
+            outbox.record_deleted(request_json)
+    if self_check is not None:
+        checks = _state(context, P.SELF_CHECK)
+        checks.setdefault(request_id, json.dumps(self_check, sort_keys=True))
+        context.state[P.SELF_CHECK] = checks
+    deleted = _state(context, P.DELETED)
+    if request_json not in deleted.values():
+        deleted[str(len(deleted))] = request_json
+    context.state[P.DELETED] = deleted
+
+
+def _state(context: Context, key: str) -> ConfigRecord:
+    return context.state.config_records.get(key, ConfigRecord())

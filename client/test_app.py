@@ -1,11 +1,14 @@
 """ClientApp handlers called directly with built messages and a real Context."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from client.app import curvature, delete, train
+from client.node import node_view
 from fedunlearn import protocol as P
 from fedunlearn.config import compose, to_payload
 from fedunlearn.federation import build_federation
@@ -83,3 +86,109 @@ def test_validation_leaves_a_forgotten_class_out():
     val = build_federation(CFG).client_val(0)
     assert plain[P.NUM_EXAMPLES] == len(val)
     assert left[P.NUM_EXAMPLES] == int((val.labels != 3).sum())
+
+
+def receipt_delete(arrays, *, request=REQUEST, cfg=CFG, key=None, model_after=None, **edits):
+    """A delete notice for the requesting node: the sealed receipt and the model it names
+    (``model_after`` defaults to the digest of ``arrays``; ``edits`` change the receipt
+    after sealing)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from fedunlearn.digest import digest
+    from fedunlearn.receipts import seal
+
+    body = {"request": json.loads(request.to_json()), "method": "NoT",
+            "model_after": model_after or digest(arrays.to_torch_state_dict())}
+    # Without a key: signed by a throwaway one, for nodes that do not check signatures.
+    receipt = {**seal(body, key or Ed25519PrivateKey.generate()), **edits}
+    record = ConfigRecord({P.PAYLOAD: to_payload(cfg), P.REQUEST: request.to_json(),
+                           P.RECEIPT: json.dumps(receipt)})
+    return Message(RecordDict({P.ARRAYS: arrays, P.CONFIG: record}),
+                   message_type=P.query(P.DELETE), dst_node_id=5)
+
+
+def model_arrays(seed=0, cfg=CFG):
+    splits = build_federation(cfg).splits
+    return ArrayRecord(seeded_model("cnn_nonorm", splits.num_classes, splits.in_shape,
+                                    seed).state_dict())
+
+
+def test_delete_checks_the_receipt_and_is_remembered_after_a_restart(tmp_path):
+    from fedunlearn.outbox import Outbox
+    from fedunlearn.receipts import load_or_create_key, write_public_key
+
+    key = load_or_create_key(tmp_path / "state")
+    config = {"partition-id": 0, "outbox": str(tmp_path / "outbox.sqlite"),
+              "server-public-key": str(write_public_key(key, tmp_path / "server.pub"))}
+    ctx = Context(run_id=1, node_id=5, node_config=config, state=RecordDict(), run_config={})
+    msg = receipt_delete(model_arrays(), key=key)
+    reply = delete(msg, ctx)
+    check = dict(reply.content.metric_records[P.SELF_CHECK])
+    fed = build_federation(CFG)
+    assert check["model-matches"] == 1 and check["signature-ok"] == 1
+    assert check["num-forget"] == round(0.5 * len(fed.train_ids[0]))
+    # The received model on this node's forget samples, measured here independently.
+    from fedunlearn.training import evaluate as evaluate_model
+
+    model = seeded_model("cnn_nonorm", fed.splits.num_classes, fed.splits.in_shape, 0)
+    forget = fed.splits.train.subset(node_view(msg, ctx).forget_ids(REQUEST.to_json()))
+    stats = evaluate_model(model, forget.images, forget.labels, batch_size=64, device="cpu")
+    assert check["forget-accuracy"] == pytest.approx(100 * stats.accuracy)
+    assert check["forget-loss"] == pytest.approx(stats.loss, rel=1e-5)
+    # An untrained model has seen neither the forget nor the validation samples.
+    assert 30 <= check["mia"] <= 70
+    assert "asr" not in check  # not a backdoor request
+    with Outbox(config["outbox"]) as box:
+        before = [(s.request, s.state, s.receipt, s.self_check) for s in box.status()]
+        assert box.deleted() == [REQUEST.to_json()]
+    assert before == [(REQUEST, "done", json.loads(msg.content.config_records[P.CONFIG]
+                                                   [P.RECEIPT]), check)]
+    # Told again (a restarted server, a lost reply): the same reply, nothing changes.
+    again = delete(msg, ctx).content.metric_records[P.SELF_CHECK]
+    assert dict(again) == check
+    with Outbox(config["outbox"]) as box:
+        assert [(s.request, s.state, s.receipt, s.self_check) for s in box.status()] == before
+        assert box.deleted() == [REQUEST.to_json()]
+    # A restarted SuperNode (fresh state, same outbox) never uses those samples again.
+    restarted = Context(run_id=2, node_id=5, node_config=config, state=RecordDict(),
+                        run_config={})
+    view = node_view(message("train"), restarted)
+    kept = view.local_data("all")
+    assert len(kept) == len(fed.train_ids[0]) - check["num-forget"]
+    retained = np.setdiff1d(fed.train_ids[0], view.forget_ids(REQUEST.to_json()))
+    assert torch.equal(kept.images, fed.splits.train.subset(retained).images)
+    with pytest.raises(RuntimeError, match="already deleted"):
+        curvature(message("query.curvature"), restarted)
+
+
+def test_self_check_flags_another_model_and_an_edited_receipt(tmp_path):
+    from fedunlearn.digest import digest
+    from fedunlearn.receipts import load_or_create_key, write_public_key
+
+    key = load_or_create_key(tmp_path / "state")
+    public = str(write_public_key(key, tmp_path / "server.pub"))
+    sent, named = model_arrays(0), model_arrays(1)
+    # The receipt names model 1, the server sent model 0: no simulation outbox needed.
+    msg = receipt_delete(sent, key=key, model_after=digest(named.to_torch_state_dict()))
+    plain = context()
+    check = delete(msg, plain).content.metric_records[P.SELF_CHECK]
+    assert check["model-matches"] == 0 and "signature-ok" not in check  # no key configured
+    assert dict(delete(msg, plain).content.metric_records[P.SELF_CHECK]) == dict(check)
+    assert list(node_view(message("train"), plain).deleted) == [REQUEST.to_json()]
+    keyed = Context(run_id=1, node_id=5, state=RecordDict(), run_config={},
+                    node_config={"partition-id": 0, "server-public-key": public})
+    edited = receipt_delete(sent, key=key, method="Retrain")  # edited after sealing
+    check = delete(edited, keyed).content.metric_records[P.SELF_CHECK]
+    assert check["model-matches"] == 1 and check["signature-ok"] == 0
+    # A node told of another client's request only deletes: no receipt, no self-check.
+    other = delete(message("query.delete"), context(1)).content
+    assert P.SELF_CHECK not in other.metric_records
+
+
+def test_self_check_of_a_backdoor_request_measures_the_attack():
+    cfg = compose(["dataset=digits", "num_clients=2", "model=cnn_nonorm", "attack=backdoor"])
+    request = scenario_request({"kind": "backdoor", "client": 0})
+    msg = receipt_delete(model_arrays(cfg=cfg), request=request, cfg=cfg)
+    check = delete(msg, context()).content.metric_records[P.SELF_CHECK]
+    assert check["num-forget"] == len(build_federation(cfg).poisoned[0]) > 0
+    assert 0 <= check["asr"] <= 100 and check["model-matches"] == 1

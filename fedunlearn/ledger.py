@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +85,13 @@ CREATE TABLE IF NOT EXISTS receipts (
     body       TEXT NOT NULL,
     created    TEXT NOT NULL,
     PRIMARY KEY (request_id, method)
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    request_id TEXT NOT NULL REFERENCES requests (id),
+    partition  INTEGER NOT NULL,
+    confirmed  TEXT NOT NULL,
+    self_check TEXT,
+    PRIMARY KEY (request_id, partition)
 );
 """
 
@@ -310,25 +317,67 @@ class Ledger(SQLiteFile):
             Unknown request, not a mapping, or the method already has a receipt for
             it (a receipt is never replaced: that would break the chain).
         """
-        if not isinstance(receipt, Mapping):
-            raise LedgerError(f"a receipt must be a mapping, got {type(receipt).__name__}")
+        return self.add_receipts([(request_id, method, receipt)], key)[0]
+
+    def add_receipts(self, items: Sequence[tuple[str, str, Mapping[str, Any]]],
+                     key: Ed25519PrivateKey | None = None) -> list[dict[str, Any]]:
+        """Append several receipts at once, in order, in one transaction (all or none).
+
+        One pass over simultaneous requests answers each of them: their receipts enter
+        the chain together, so a crash never leaves some of them answered and the
+        others not. Each item is ``(request_id, method, receipt)`` as in
+        :meth:`add_receipt`, which raises the same errors.
+        """
+        stored_all = []
+        with transaction(self._conn) as conn:
+            for request_id, method, receipt in items:
+                if not isinstance(receipt, Mapping):
+                    raise LedgerError(
+                        f"a receipt must be a mapping, got {type(receipt).__name__}")
+                self._state(conn, request_id)  # raises on an unknown id
+                taken = conn.execute(
+                    "SELECT 1 FROM receipts WHERE request_id = ? AND method = ?",
+                    (request_id, method)).fetchone()
+                if taken:
+                    raise LedgerError(f"request '{request_id}' already has a {method} receipt")
+                stored = dict(receipt)
+                if key is not None:
+                    last = conn.execute(
+                        "SELECT body FROM receipts ORDER BY rowid DESC LIMIT 1").fetchone()
+                    previous = receipt_hash(json.loads(last[0])) if last else GENESIS
+                    stored = seal(receipt, key, previous)
+                conn.execute(
+                    "INSERT INTO receipts (request_id, method, body, created) "
+                    "VALUES (?, ?, ?, ?)",
+                    (request_id, method, json.dumps(stored, sort_keys=True), now()),
+                )
+                stored_all.append(stored)
+        return stored_all
+
+    def confirm(self, request_id: str, partition: int,
+                self_check: Mapping[str, float] | None = None) -> None:
+        """Record that a node deleted a request's forget data (and, for the requesting
+        node, that it received the receipt and what its self-check found).
+
+        A repeated confirmation keeps the first time; a self-check arriving later
+        (the receipt re-delivered) is added.
+        """
+        body = None if self_check is None else json.dumps(dict(self_check), sort_keys=True)
         with transaction(self._conn) as conn:
             self._state(conn, request_id)  # raises on an unknown id
-            taken = conn.execute("SELECT 1 FROM receipts WHERE request_id = ? AND method = ?",
-                                 (request_id, method)).fetchone()
-            if taken:
-                raise LedgerError(f"request '{request_id}' already has a {method} receipt")
-            stored = dict(receipt)
-            if key is not None:
-                last = conn.execute(
-                    "SELECT body FROM receipts ORDER BY rowid DESC LIMIT 1").fetchone()
-                previous = receipt_hash(json.loads(last[0])) if last else GENESIS
-                stored = seal(receipt, key, previous)
             conn.execute(
-                "INSERT INTO receipts (request_id, method, body, created) VALUES (?, ?, ?, ?)",
-                (request_id, method, json.dumps(stored, sort_keys=True), now()),
-            )
-        return stored
+                "INSERT INTO deliveries (request_id, partition, confirmed, self_check) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (request_id, partition) DO UPDATE SET "
+                "self_check = COALESCE(deliveries.self_check, excluded.self_check)",
+                (request_id, int(partition), now(), body))
+
+    def confirmations(self, request_id: str) -> dict[int, dict[str, float] | None]:
+        """Partitions that confirmed deleting a request's data, with the self-check of
+        the requesting node (``None`` for the others, or before its receipt arrived)."""
+        rows = self._conn.execute(
+            "SELECT partition, self_check FROM deliveries WHERE request_id = ? "
+            "ORDER BY partition", (request_id,)).fetchall()
+        return {int(p): (None if body is None else json.loads(body)) for p, body in rows}
 
     # ---- reads ---------------------------------------------------------------
     def get(self, request_id: str) -> LedgerEntry:

@@ -10,19 +10,27 @@ which partition its node holds (:meth:`Outbox.claim`), so that the command can
 refuse a request made in another client's name. An unsent request can be
 cancelled (:meth:`Outbox.cancel`).
 
+Once the server has answered a request, the ClientApp records here that the node
+deleted its forget data (:meth:`Outbox.record_deleted`: a restarted SuperNode never
+trains on it again) and, for the node's own request, the server's sealed receipt
+with the node's self-check of it (:meth:`Outbox.store_receipt`);
+:meth:`Outbox.status` tells the user where each request stands.
+
 This module imports neither torch nor the data layer: the command starts fast.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from fedunlearn.errors import UserError
 from fedunlearn.requests import ForgetRequest
 from fedunlearn.sqlite import SQLiteFile, now, transaction
 
-__all__ = ["Outbox", "OutboxEntry", "OutboxError"]
+__all__ = ["Outbox", "OutboxEntry", "OutboxError", "RequestStatus"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -34,6 +42,17 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE TABLE IF NOT EXISTS node (
     key   TEXT PRIMARY KEY,
     value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deleted (
+    id    TEXT PRIMARY KEY,
+    body  TEXT NOT NULL,
+    time  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS receipts (
+    id         TEXT PRIMARY KEY,
+    receipt    TEXT NOT NULL,
+    self_check TEXT NOT NULL,
+    stored     TEXT NOT NULL
 );
 """
 
@@ -58,6 +77,48 @@ class OutboxEntry:
     request: ForgetRequest
     added: str
     sent: str | None
+
+
+@dataclass(frozen=True)
+class RequestStatus:
+    """Where one of this client's requests stands (:meth:`Outbox.status`).
+
+    Attributes
+    ----------
+    request : ForgetRequest
+    state : str
+        ``unsent``, ``sent`` (the server has it) or ``done`` (its receipt is stored).
+    receipt : dict or None
+        The server's sealed receipt, once done.
+    self_check : dict or None
+        The node's check of that receipt (metric name to number), once done.
+    """
+
+    request: ForgetRequest
+    state: str
+    receipt: dict[str, Any] | None = None
+    self_check: dict[str, float] | None = None
+
+
+def _json(value: Any, what: str) -> str:
+    """Standard JSON text (sorted keys, no NaN): what the tables hold."""
+    try:
+        return json.dumps(value, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise OutboxError(f"{what} is not storable as JSON: {exc}") from None
+
+
+def _receipt_request(request_id: str, receipt: dict[str, Any]) -> ForgetRequest:
+    """The request a receipt names, checked to be ``request_id``."""
+    try:
+        request = ForgetRequest.from_json(json.dumps(receipt.get("request")))
+    except UserError as exc:
+        raise OutboxError(f"the receipt for '{request_id}' names no valid request: "
+                          f"{exc}") from None
+    if request.request_id != request_id:
+        raise OutboxError(f"the receipt for '{request_id}' is for request "
+                          f"'{request.request_id}'")
+    return request
 
 
 class Outbox(SQLiteFile):
@@ -165,3 +226,84 @@ class Outbox(SQLiteFile):
         ).fetchall()
         return [OutboxEntry(ForgetRequest.from_json(body), added, sent)
                 for body, added, sent in rows]
+
+    def record_deleted(self, request_json: str) -> None:
+        """Record that this node deleted the forget data of a request; again changes nothing.
+
+        Raises
+        ------
+        OutboxError
+            Another request with the same id is already recorded deleted.
+        """
+        request = ForgetRequest.from_json(request_json)
+        with transaction(self._conn) as conn:
+            conn.execute("INSERT OR IGNORE INTO deleted (id, body, time) VALUES (?, ?, ?)",
+                         (request.request_id, request_json, now()))
+            (stored,) = conn.execute("SELECT body FROM deleted WHERE id = ?",
+                                     (request.request_id,)).fetchone()
+            if ForgetRequest.from_json(stored) != request:
+                raise OutboxError(f"request id '{request.request_id}' is already recorded "
+                                  "deleted with other content")
+
+    def deleted(self) -> list[str]:
+        """The requests (JSON, as recorded) whose forget data this node deleted, oldest first."""
+        rows = self._conn.execute("SELECT body FROM deleted ORDER BY rowid").fetchall()
+        return [body for (body,) in rows]
+
+    def store_receipt(self, request_id: str, receipt: dict[str, Any],
+                      self_check: dict[str, float]) -> None:
+        """Keep the server's receipt for a request with this node's self-check of it.
+
+        Storing the same receipt again changes nothing, and keeps the first self-check
+        (the one the node replied with).
+
+        Raises
+        ------
+        OutboxError
+            The receipt names another request or is not JSON, or another receipt is
+            already stored for ``request_id``.
+        """
+        _receipt_request(request_id, receipt)
+        body = _json(receipt, "the receipt")
+        check = _json(self_check, "the self-check")
+        with transaction(self._conn) as conn:
+            conn.execute("INSERT OR IGNORE INTO receipts (id, receipt, self_check, stored) "
+                         "VALUES (?, ?, ?, ?)", (request_id, body, check, now()))
+            (stored,) = conn.execute("SELECT receipt FROM receipts WHERE id = ?",
+                                     (request_id,)).fetchone()
+            if stored != body:
+                raise OutboxError(f"another receipt is already stored for request "
+                                  f"'{request_id}'")
+
+    def receipt(self, request_id: str) -> dict[str, Any] | None:
+        """The receipt stored for ``request_id``; None when there is none."""
+        row = self._conn.execute("SELECT receipt FROM receipts WHERE id = ?",
+                                 (request_id,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def self_check(self, request_id: str) -> dict[str, float] | None:
+        """The self-check stored with ``request_id``'s receipt; None when there is none."""
+        row = self._conn.execute("SELECT self_check FROM receipts WHERE id = ?",
+                                 (request_id,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def status(self) -> list[RequestStatus]:
+        """Every request of this outbox (oldest first), then those with a receipt that
+        this outbox never held (e.g. scheduled by the server for this client)."""
+        found: list[RequestStatus] = []
+        held = set()
+        for entry in self.all():
+            request_id = entry.request.request_id
+            held.add(request_id)
+            receipt = self.receipt(request_id)
+            state = "done" if receipt else "unsent" if entry.sent is None else "sent"
+            found.append(RequestStatus(entry.request, state, receipt,
+                                       self.self_check(request_id) if receipt else None))
+        rows = self._conn.execute(
+            "SELECT id, receipt, self_check FROM receipts ORDER BY rowid").fetchall()
+        for request_id, body, check in rows:
+            if request_id not in held:
+                receipt = json.loads(body)
+                found.append(RequestStatus(_receipt_request(request_id, receipt), "done",
+                                           receipt, json.loads(check)))
+        return found

@@ -35,6 +35,7 @@ INFO = "info"        # ConfigRecord of a nodeinfo reply
 FOUND = "requests"   # ConfigRecord of a requests reply: key -> request JSON
 ACK = "ack"          # ConfigRecord of a requests poll: keys the ledger now holds
 DELETED = "deleted"  # ConfigRecord in a node's state: requests whose data it deleted
+SELF_CHECK = "self-check"  # MetricRecord of a delete reply: the node's check of a receipt
 
 
 def curvature_key(part: str) -> str:
@@ -47,6 +48,7 @@ PAYLOAD = "fedunlearn"  # the composed config as JSON (the server is its only so
 PHASE = "phase"
 SERVER_ROUND = "server-round"
 REQUEST = "request"     # the request as JSON: each node finds its own forget samples
+RECEIPT = "receipt"     # a delete notice's sealed receipt (JSON), to the requesting node
 # A training order: which data (all, retain, forget), which client behaviour (a mode
 # of client/modes.py), its learning rate, local epochs and gradient clip.
 DATA, MODE, LR, EPOCHS, GRAD_CLIP = "data", "mode", "lr", "epochs", "grad-clip"

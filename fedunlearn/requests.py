@@ -47,6 +47,9 @@ __all__ = [
     "ForgetRequest",
     "RequestRefused",
     "materialize",
+    "materialize_all",
+    "parse_requests",
+    "requests_json",
     "new_request_id",
     "scenario_request",
 ]
@@ -351,6 +354,47 @@ def materialize(
         raise
     except (ValueError, IndexError, OverflowError) as exc:  # the builders' refusals
         raise RequestRefused(str(exc).splitlines()[0]) from exc
+
+
+def requests_json(requests: Sequence[ForgetRequest]) -> str:
+    """What a node message carries as ``request``: one request's JSON object, or for a
+    pass over several requests at once a JSON list of them."""
+    if len(requests) == 1:
+        return requests[0].to_json()
+    return "[" + ", ".join(r.to_json() for r in requests) + "]"
+
+
+def parse_requests(text: str) -> list[ForgetRequest]:
+    """The requests of :func:`requests_json`'s output (an object or a list of them).
+
+    Raises
+    ------
+    RequestRefused
+        Not JSON, an empty list, or any element :meth:`ForgetRequest.from_json` refuses.
+    """
+    stripped = text.lstrip()
+    if not stripped.startswith("["):
+        return [ForgetRequest.from_json(text)]
+    try:
+        items = json.loads(stripped)
+    except (ValueError, RecursionError) as exc:
+        raise RequestRefused(f"request list is not valid JSON: {_short(str(exc), 80)}") from None
+    if not items:
+        raise RequestRefused("request list is empty")
+    return [ForgetRequest.from_json(json.dumps(item)) for item in items]
+
+
+def materialize_all(
+    requests: Sequence[ForgetRequest],
+    partitions: Sequence[np.ndarray],
+    labels: npt.ArrayLike,
+    poisoned: Mapping[int, np.ndarray],
+) -> ForgetSet:
+    """The union of the requests' forget sets (:func:`materialize` each, then
+    :func:`fedunlearn.data.forget.union`): what one pass over them forgets."""
+    from fedunlearn.data.forget import union
+
+    return union([materialize(r, partitions, labels, poisoned) for r in requests])
 
 
 def _materialize(

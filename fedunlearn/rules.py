@@ -262,6 +262,11 @@ def rules() -> dict[str, Rule]:
         # Each entry is checked as a round and a forget request (_check_combinations).
         "serve.schedule": Rule("list", item=Rule("mapping")),
         "serve.resume": Rule("bool"),
+        "serve.one_pass": Rule("bool"),
+        "serve.snapshots": Rule("bool"),
+        "serve.round_timeout": _num(0, low_open=True),
+        "serve.min_nodes": _int(1),
+        "serve.round_retries": _int(0),
         "unlearn.curvature.estimator": _one_of(ESTIMATORS),
         "unlearn.curvature.batch_size": _int(1),
         "unlearn.curvature.mc_samples": _int(1),
@@ -348,6 +353,9 @@ def _check_combinations(cfg: DictConfig) -> None:
               f"got {cfg.unlearn.curvature.min_replies}")
     _need(cfg.serve.method in METHODS,
           f"serve.method: unknown method '{cfg.serve.method}'; known: {', '.join(METHODS)}")
+    # A round can never hear from more nodes than there are clients.
+    _need(cfg.serve.min_nodes <= clients,
+          f"serve.min_nodes must be <= num_clients ({clients}), got {cfg.serve.min_nodes}")
     for i, item in enumerate(cfg.serve.schedule):
         where = f"serve.schedule[{i}]"
         _need(set(item) == {"round", "request"}, f"{where} must have a round and a request")

@@ -97,6 +97,11 @@ class Job:
     serve_method: str
     serve_schedule: tuple[tuple[int, Mapping[str, Any]], ...]
     serve_resume: bool
+    serve_round_timeout: float
+    serve_one_pass: bool
+    serve_snapshots: bool
+    serve_min_nodes: int
+    serve_round_retries: int
     cache_dir: str
     reuse_trained: bool
     ledger: str
@@ -150,6 +155,11 @@ class Job:
             serve_schedule=tuple((int(item["round"]), dict(item["request"]))
                                  for item in plain["serve"]["schedule"]),
             serve_resume=bool(plain["serve"]["resume"]),
+            serve_round_timeout=float(plain["serve"]["round_timeout"]),
+            serve_one_pass=bool(plain["serve"]["one_pass"]),
+            serve_snapshots=bool(plain["serve"]["snapshots"]),
+            serve_min_nodes=int(plain["serve"]["min_nodes"]),
+            serve_round_retries=int(plain["serve"]["round_retries"]),
             cache_dir=str(plain["cache_dir"]),
             reuse_trained=bool(plain["reuse_trained"]),
             ledger=str(un["ledger"]),

@@ -32,6 +32,8 @@ class Checkpoint:
     history: list[dict]
     config: dict
     refused: list[dict] = field(default_factory=list)
+    # A live federation's answered requests whose models this one includes (in order).
+    adopted: list[str] = field(default_factory=list)
 
     def save(self, path: Path) -> None:
         """Write the checkpoint atomically (a crash never leaves half a file)."""

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, MetricRecord
 
-from fedunlearn.data import ForgetSet, add_trigger, trigger_value
+from fedunlearn.data import ForgetSet, eval_trigger
 from fedunlearn.evaluation import evaluate_unlearning
 from fedunlearn.federation import Federation
 from fedunlearn.settings import Job
@@ -84,8 +84,7 @@ def eval_sets(settings: Job, federation: Federation, forget: ForgetSet) -> EvalS
     attack = settings.backdoor
     if forget.kind == "backdoor" and attack is not None:
         owned = []  # poisoned samples carry the target label: it is not "owned"
-        # "White" as the poisoned training images had it, not the test images' maximum.
-        white = trigger_value(federation.splits.train.images)
         backdoor = {"target": attack.target,
-                    "trigger": lambda x: add_trigger(x, attack.size, attack.corner, white)}
+                    "trigger": eval_trigger(attack.size, attack.corner,
+                                            federation.splits.train.images)}
     return EvalSets(np.setdiff1d(everything, forget_ids), forget_ids, backdoor, owned)

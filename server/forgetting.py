@@ -12,6 +12,7 @@ from fedunlearn.ledger import Ledger
 from fedunlearn.receipts import load_or_create_key, write_public_key
 from fedunlearn.settings import Job
 from server.answers import answer_requests
+from server.delivery import deliver
 from server.intake import scheduled_request, take_requests
 from server.report import report
 from server.training import TrainOutcome
@@ -51,6 +52,11 @@ def forget_requested(grid: Grid, outcome: TrainOutcome, out_dir: Path) -> dict:
         take_requests(grid, outcome.nodes, ledger, settings.train.round_timeout,
                       [scheduled] if scheduled is not None else [])
         answers = answer_requests(grid, outcome, out_dir, ledger, key)
+        # The answered requests' data is deleted on its nodes; no model is adopted here,
+        # so no receipt is delivered.
+        deliver(grid, ledger, outcome.nodes, settings, outcome.federation, out_dir,
+                settings.train.round_timeout, [ledger.get(i).request for i in answers.served],
+                receipts=False)
     if not answers.rows:
         LOG.info("no request to answer")
         return {}

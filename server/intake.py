@@ -137,19 +137,3 @@ def take_requests(grid: Grid, nodes: dict[int, int], ledger: Ledger, timeout: fl
         handled.setdefault(pid, []).append(key)
     if handled:
         poll_requests(grid, {pid: nodes[pid] for pid in handled}, timeout, ack=handled)
-
-
-def notify_deleted(grid: Grid, nodes: list[int], request: ForgetRequest,
-                   timeout: float) -> None:
-    """Tell the nodes holding forget data that the request is answered: they may delete it.
-
-    From then on those nodes refuse curvature queries for this request, so a request
-    replayed against deleted data fails cleanly instead of using stale statistics.
-    """
-    config = ConfigRecord({P.REQUEST: request.to_json()})
-    messages = [Message(RecordDict({P.CONFIG: config}), message_type=P.query(P.DELETE),
-                        dst_node_id=node) for node in nodes]
-    for reply in grid.send_and_receive(messages, timeout=timeout):
-        if reply.has_error():
-            LOG.warning("node %d did not confirm the deletion: %s",
-                        reply.metadata.src_node_id, reply.error.reason)

@@ -11,6 +11,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from flwr.app import (
     ArrayRecord,
@@ -25,7 +26,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedunlearn import protocol as P
 from strategies.replies import Signature, check_metrics, check_train_reply, reply_node, signature
-from strategies.rounds import EvaluateFn, OnRound, RoundError, RoundRecord
+from strategies.rounds import EvaluateFn, OnRound, RoundRecord, TooFewReplies
 
 LOG = logging.getLogger("fedunlearn")
 
@@ -51,6 +52,48 @@ def aggregate_metrics(records: list[RecordDict], weight_key: str) -> MetricRecor
             weights = [float(m[weight_key]) for m in metric_records if key in m]
             out[key] = sum(w * float(v) for w, v in zip(weights, values, strict=True)) / total
     return out
+
+
+@dataclass
+class Attempt:
+    """One sending of a round's messages, and what came back by the timeout.
+
+    Attributes
+    ----------
+    asked : list of int
+        The node ids sent a training message.
+    silent : list of int
+        Those without a reply by the timeout (vanished, crashed, too slow).
+    refused : list of (int, str)
+        Node id and reason of every refused reply.
+    usable : int
+        Replies that passed the checks.
+    arrays, metrics : ArrayRecord and MetricRecord, or None
+        The aggregate of the usable replies (None when there is none).
+    """
+
+    asked: list[int]
+    silent: list[int]
+    refused: list[tuple[int, str]]
+    usable: int
+    arrays: ArrayRecord | None
+    metrics: MetricRecord | None
+
+    def shortfall(self, phase: str, rnd: int, needed: int) -> str:
+        """``"<phase> round <rnd>: <k> usable replies from <n> node(s), <m> needed"``."""
+        got = ("no usable reply" if self.usable == 0
+               else f"{self.usable} usable repl{'y' if self.usable == 1 else 'ies'}")
+        # A robust rule (Bulyan) may itself want more replies than the round needs.
+        short = (f"{needed} needed" if self.usable < needed
+                 else "too few for the aggregation rule")
+        return f"{phase} round {rnd}: {got} from {len(self.asked)} node(s), {short}"
+
+    def reasons(self, timeout: float) -> str:
+        """``": node 3: <why>; no reply from node(s) [4] within 60 s"``, or ``""``."""
+        why = [f"node {node}: {reason}" for node, reason in self.refused[:3]]
+        if self.silent:
+            why.append(f"no reply from node(s) {self.silent} within {timeout:g} s")
+        return ": " + "; ".join(why) if why else ""
 
 
 class FederatedAveraging(FedAvg):
@@ -187,8 +230,13 @@ class FederatedAveraging(FedAvg):
         phase: str,
         on_round: OnRound | None = None,
         until: Callable[[int, ArrayRecord], bool] | None = None,
+        min_replies: int = 1,
+        retries: int = 0,
     ) -> ArrayRecord:
         """Run ``rounds`` rounds from ``arrays``; return the global model after the last.
+
+        A node that does not answer within ``timeout`` (vanished, crashed) simply
+        has no reply: the round aggregates the others.
 
         Parameters
         ----------
@@ -203,7 +251,7 @@ class FederatedAveraging(FedAvg):
         evaluate_fn : callable, optional
             Central evaluation after each round, Flower's ``(server_round, arrays)``.
         timeout : float
-            Seconds to wait for one round's replies.
+            Seconds to wait for one try's replies.
         phase : str
             Name recorded with each round (``"train"``, ``"NoT:recovery"`` ...).
         on_round : callable, optional
@@ -211,32 +259,44 @@ class FederatedAveraging(FedAvg):
         until : callable, optional
             ``until(server_round, arrays)``: stop early once it is true (``rounds`` is
             then the most that run).
+        min_replies : int
+            Usable replies (after refusals) a round needs to replace the model.
+        retries : int
+            How often a round with fewer usable replies is sent again (new messages
+            to a new seeded sample of the participants) before giving up.
 
         Raises
         ------
-        RoundError
-            When a round gets no usable reply (the last good model is not replaced).
+        TooFewReplies
+            When a round has fewer usable replies than ``min_replies`` on every try,
+            or fewer nodes to ask (the last good model is not replaced).
         """
+        if min_replies < 1 or retries < 0:
+            raise ValueError(f"min_replies must be at least 1 and retries at least 0, "
+                             f"got {min_replies} and {retries}")
         for rnd in range(1, rounds + 1):
             started = time.perf_counter()
             refused_before = len(self.refused)
-            messages = list(self.configure_train(rnd, arrays, ConfigRecord(dict(config)), grid))
-            replies = grid.send_and_receive(messages, timeout=timeout)
-            new_arrays, metrics = self.aggregate_train(rnd, replies)
-            refused = self.refused[refused_before:]
-            if new_arrays is None:
-                reasons = "; ".join(f"node {node}: {why}" for _, node, why in refused[:3])
-                raise RoundError(f"{phase} round {rnd}: no usable reply from {len(messages)} "
-                                 f"node(s){': ' + reasons if reasons else ''}")
-            arrays = new_arrays
+            missing = 0
+            for tries in range(1, retries + 2):
+                attempt = self._attempt(grid, rnd, arrays, config, timeout, phase, min_replies)
+                missing += len(attempt.silent)
+                if attempt.arrays is not None and attempt.usable >= min_replies:
+                    break
+                shortfall = attempt.shortfall(phase, rnd, min_replies)
+                if tries > retries:
+                    after = f" after {tries} tries" if tries > 1 else ""
+                    raise TooFewReplies(f"{shortfall}{after}{attempt.reasons(timeout)}")
+                LOG.warning("%s: trying again (retry %d of %d)", shortfall, tries, retries)
+            arrays = attempt.arrays
             eval_started = time.perf_counter()
             evaluation = evaluate_fn(rnd, arrays) if evaluate_fn else None
             finished = time.perf_counter()
             record = RoundRecord(
-                phase=phase, round=rnd, rounds=rounds, nodes=len(messages),
-                refused=len(refused), seconds=finished - started,
-                eval_seconds=finished - eval_started,
-                client_metrics={k: float(v) for k, v in (metrics or {}).items()},
+                phase=phase, round=rnd, rounds=rounds, nodes=len(attempt.asked),
+                refused=len(self.refused) - refused_before, seconds=finished - started,
+                eval_seconds=finished - eval_started, tries=tries, missing=missing,
+                client_metrics={k: float(v) for k, v in (attempt.metrics or {}).items()},
                 evaluation=dict(evaluation or {}),
             )
             if on_round:
@@ -244,6 +304,30 @@ class FederatedAveraging(FedAvg):
             if until is not None and until(rnd, arrays):
                 break
         return arrays
+
+    def _attempt(self, grid: Grid, rnd: int, arrays: ArrayRecord, config: ConfigRecord,
+                 timeout: float, phase: str, needed: int) -> Attempt:
+        """Send round ``rnd``'s messages once and aggregate what came back by ``timeout``.
+
+        Raises :class:`TooFewReplies` without sending when fewer than ``needed`` nodes
+        are selected: no reply, and no retry, could make up for them.
+        """
+        messages = list(self.configure_train(rnd, arrays, ConfigRecord(dict(config)), grid))
+        if len(messages) < needed:
+            raise TooFewReplies(f"{phase} round {rnd}: {len(messages)} node(s) to train, "
+                                f"{needed} needed")
+        refused_before = len(self.refused)
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        new_arrays, metrics = self.aggregate_train(rnd, replies)
+        refused = [(node, why) for _, node, why in self.refused[refused_before:]]
+        answered = {reply_node(reply, messages) for reply in replies}
+        asked = [m.metadata.dst_node_id for m in messages]
+        silent = [node for node in asked if node not in answered]
+        if silent:
+            LOG.warning("%s round %d: no reply from node(s) %s within %g s", phase, rnd,
+                        silent, timeout)
+        return Attempt(asked, silent, refused, len(replies) - len(refused), new_arrays,
+                       metrics)
 
     def validate(self, grid: Grid, arrays: ArrayRecord, nodes: Sequence[int],
                  config: ConfigRecord, timeout: float) -> float | None:

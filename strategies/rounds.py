@@ -24,6 +24,14 @@ class RoundError(UserError, AggregationError):
     """
 
 
+class TooFewReplies(RoundError):
+    """A round got fewer usable replies than it needs, on every try (one line).
+
+    The message names the round, how many usable replies came, how many were
+    needed, and the nodes that were refused or silent on the last try.
+    """
+
+
 @dataclass
 class RoundRecord:
     """What one round did and cost; one line of a run's ``metrics.jsonl``."""
@@ -35,6 +43,11 @@ class RoundRecord:
     refused: int
     seconds: float
     eval_seconds: float = 0.0
+    #: How often the round's messages were sent: 1, plus one per retry after too few
+    #: usable replies. ``nodes`` counts the try that was aggregated; ``refused`` and
+    #: ``missing`` (messages without a reply by the timeout) count every try.
+    tries: int = 1
+    missing: int = 0
     client_metrics: dict[str, float] = field(default_factory=dict)
     evaluation: dict[str, float] = field(default_factory=dict)
 

@@ -1,10 +1,11 @@
-"""FederatedAveraging on built replies: weighting, cost sums, refusals, node choice."""
+"""FederatedAveraging on built replies: weighting, cost sums, refusals, node choice, churn."""
 
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from strategies.fedavg import FederatedAveraging, aggregate_metrics
+from strategies.rounds import RoundError, TooFewReplies
 from tests.fakes import FakeGrid
 
 
@@ -173,3 +174,130 @@ def test_sampling_and_summing_follow_ranks_not_node_ids():
                    for i, m in enumerate(sent)]
         strategy.aggregate_train(1, list(reversed(replies)))
     assert picks[0] == picks[1]
+
+
+# ---- churn: nodes that vanish mid-round, retries, too few replies --------------------
+class TimedGrid(FakeGrid):
+    """A FakeGrid that also records the timeout of every send_and_receive."""
+
+    def __init__(self, nodes, answer) -> None:
+        super().__init__(nodes, answer)
+        self.timeouts: list[float | None] = []
+
+    def send_and_receive(self, messages, timeout=None):
+        self.timeouts.append(timeout)
+        return super().send_and_receive(messages, timeout)
+
+
+def answering(value_of, silent=lambda msg, calls: False):
+    """Node ``n`` answers w = value_of[n] with 10 examples, unless ``silent(msg, calls)``
+    (``calls`` counts the messages node ``n`` got so far, this one included)."""
+    calls: dict[int, int] = {}
+
+    def answer(msg):
+        node = msg.metadata.dst_node_id
+        calls[node] = calls.get(node, 0) + 1
+        if silent(msg, calls[node]):
+            return None
+        w = value_of[node]
+        return reply_to(msg, np.full((2, 3), w), np.full(3, w), 10)
+    return answer
+
+
+def run(grid, strategy=None, **kwargs):
+    """One round of ``strategy`` on ``grid``; its records, the model after it."""
+    strategy = strategy or FederatedAveraging()
+    records = []
+    arrays = strategy.run_rounds(grid, global_arrays(), rounds=1, config=ConfigRecord(),
+                                 evaluate_fn=None, timeout=5.0, phase="serve",
+                                 on_round=records.append, **kwargs)
+    return records, arrays
+
+
+@pytest.mark.parametrize("min_replies", [1, 2])
+def test_a_node_that_vanishes_mid_round_leaves_the_others_aggregated(min_replies, caplog):
+    grid = TimedGrid((11, 12, 13), answering({11: 1.0, 12: 3.0, 13: 100.0},
+                                              silent=lambda msg, _: msg.metadata.dst_node_id == 13))
+    (record,), arrays = run(grid, min_replies=min_replies)
+    np.testing.assert_allclose(arrays["w"].numpy(), 2.0)  # nodes 11 and 12 only
+    assert (record.nodes, record.missing, record.tries, record.refused) == (3, 1, 1, 0)
+    assert record.client_metrics["num-examples"] == 20
+    assert grid.timeouts == [5.0]
+    assert "serve round 1: no reply from node(s) [13] within 5 s" in caplog.text
+
+
+def test_too_few_replies_are_retried_then_raise_one_line():
+    grid = TimedGrid((11, 12, 13), answering({11: 1.0, 12: 3.0, 13: 100.0},
+                                              silent=lambda msg, _: msg.metadata.dst_node_id == 13))
+    with pytest.raises(TooFewReplies) as err:
+        run(grid, min_replies=3, retries=2)
+    assert str(err.value) == ("serve round 1: 2 usable replies from 3 node(s), 3 needed after "
+                              "3 tries: no reply from node(s) [13] within 5 s")
+    assert isinstance(err.value, RoundError)  # what callers of run_rounds already catch
+    assert len(grid.sent) == 9 and grid.timeouts == [5.0] * 3  # each try waits its timeout
+
+
+def test_a_retry_that_gets_every_reply_is_aggregated():
+    # Node 13 misses the first try only (a restart, a slow link).
+    grid = TimedGrid((11, 12, 13), answering({11: 1.0, 12: 2.0, 13: 6.0},
+                                              silent=lambda msg, n: msg.metadata.dst_node_id == 13
+                                              and n == 1))
+    (record,), arrays = run(grid, min_replies=3, retries=1)
+    np.testing.assert_allclose(arrays["w"].numpy(), 3.0)
+    assert (record.nodes, record.missing, record.tries) == (3, 1, 2)
+    # The retry sends new messages: same round, new ids.
+    assert len({m.metadata.message_id for m in grid.sent}) == 6
+    assert {m.content.config_records["config"]["server-round"] for m in grid.sent} == {1}
+
+
+def test_refused_replies_do_not_count_towards_the_minimum():
+    def answer(msg):
+        w = np.nan if msg.metadata.dst_node_id == 13 else 1.0
+        return reply_to(msg, np.full((2, 3), w), np.ones(3), 10)
+
+    strategy = FederatedAveraging()
+    with pytest.raises(TooFewReplies, match=r"2 usable replies from 3 node\(s\), 3 needed: "
+                                          r"node 13: array 'w' holds NaN"):
+        run(FakeGrid((11, 12, 13), answer), strategy, min_replies=3)
+    assert [node for _, node, _ in strategy.refused] == [13]
+
+
+def test_fewer_nodes_than_needed_fails_before_sending():
+    grid = FakeGrid((11, 12), answering({11: 1.0, 12: 1.0}))
+    with pytest.raises(TooFewReplies, match=r"^serve round 1: 2 node\(s\) to train, 3 needed$"):
+        run(grid, min_replies=3, retries=5)
+    assert grid.sent == []
+
+
+def test_a_retry_samples_anew_under_the_seed():
+    # Half of four nodes train each round; node 0 is gone. A try that sampled it
+    # falls short; the retry's sample is a fresh, seeded one.
+    def tries():
+        grid = FakeGrid(range(4), answering(dict.fromkeys(range(4), 1.0),
+                                            silent=lambda msg, _: msg.metadata.dst_node_id == 0))
+        strategy = FederatedAveraging(fraction_train=0.5, seed=6)
+        (record,), _ = run(grid, strategy, min_replies=2, retries=5)
+        sent = [m.metadata.dst_node_id for m in grid.sent]
+        return record, [sent[i:i + 2] for i in range(0, len(sent), 2)]
+
+    record, samples = tries()
+    assert record.tries == len(samples) == 4  # seed 6 samples node 0 three times running
+    assert all(0 in s for s in samples[:-1]) and 0 not in samples[-1]
+    assert len({tuple(s) for s in samples}) == 4
+    assert tries()[1] == samples  # the same seed retries the same way
+
+
+def test_bad_retry_settings_are_refused():
+    with pytest.raises(ValueError, match="min_replies must be at least 1"):
+        run(FakeGrid(), min_replies=0)
+
+
+def test_a_rule_that_wants_more_replies_than_the_round_is_named():
+    from strategies.robust import make_aggregator
+
+    # Bulyan skips aggregating fewer than 4f + 3 replies: 3 usable are enough for
+    # the round (min_replies=1) but not for the rule.
+    strategy = FederatedAveraging(aggregator=make_aggregator("bulyan", num_malicious_nodes=1))
+    with pytest.raises(TooFewReplies, match=r"3 usable replies from 3 node\(s\), too few for "
+                                            r"the aggregation rule$"):
+        run(FakeGrid((11, 12, 13), answering({11: 1.0, 12: 2.0, 13: 3.0})), strategy)

@@ -1,5 +1,6 @@
 """The `fedunlearn forget` command: one request in the outbox, or one line and exit 2."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -126,8 +127,77 @@ def test_the_outbox_knows_whose_it_is(tmp_path: Path, capsys) -> None:
 
 def test_forget_does_not_import_torch(tmp_path: Path) -> None:
     # Writing one row must not cost torch's import (seconds, hundreds of MB).
+    # Nor must looking at the requests and their receipts.
+    box = str(tmp_path / "o.sqlite")
     code = ("import sys; from fedunlearn.cli import main; "
-            f"rc = main(['forget', '--outbox', {str(tmp_path / 'o.sqlite')!r}, '--client', '0', "
-            "'--kind', 'client']); sys.exit(10 if 'torch' in sys.modules else rc)")
+            f"rc = main(['forget', '--outbox', {box!r}, '--client', '0', '--kind', 'client']) "
+            f"or main(['forget', '--outbox', {box!r}, '--status']); "
+            "sys.exit(10 if 'torch' in sys.modules else rc)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def _done(path: Path, tmp_path: Path) -> tuple[str, str, Path]:
+    """An outbox with an unsent request, a sent one, and a done one whose receipt the
+    server sealed with a real key; returns the ids and the public key's file."""
+    from fedunlearn.receipts import load_or_create_key, seal, write_public_key
+    from fedunlearn.requests import ForgetRequest
+
+    key = load_or_create_key(tmp_path / "state")
+    public = write_public_key(key, tmp_path / "server.pub")
+    unsent = ForgetRequest(request_id="u" * 32, kind="client", client=1, origin="client")
+    sent = ForgetRequest(request_id="s" * 32, kind="class", cls=3, client=1, origin="client")
+    done = ForgetRequest(request_id="d" * 32, kind="backdoor", client=1, origin="client")
+    receipt = seal({"request": json.loads(done.to_json()), "method": "NoT",
+                    "model_after": "0123456789abcdef" * 4, "metrics_after": {"forget": 1.5},
+                    "cost": {"bytes": 10}}, key)
+    with Outbox(path) as box:
+        for request in (unsent, sent, done):
+            box.add(request)
+        box.mark_sent([sent.request_id, done.request_id])
+        box.store_receipt(done.request_id, receipt,
+                          {"forget-accuracy": 12.5, "mia": 50.5, "asr": 3.0, "num-forget": 4,
+                           "model-matches": 1, "signature-ok": 1})
+    return sent.request_id, done.request_id, public
+
+
+def test_status_lists_every_request_with_its_receipt(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "outbox.sqlite"
+    sent, done, _ = _done(path, tmp_path)
+    assert forget_command(["--outbox", str(path), "--status"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        f"{'u' * 32}  client (client 1)  unsent",
+        f"{sent}  class 3 (client 1)  sent",
+        f"{done}  backdoor (client 1)  done  NoT  model 0123456789ab  forget acc 12.5%  "
+        "MIA 50.5%  ASR 3.0%  model ok  signature ok",
+    ]
+
+
+def test_receipt_prints_what_the_server_signed(tmp_path: Path, capsys) -> None:
+    from fedunlearn.commands.receipt import receipt_command
+
+    path = tmp_path / "outbox.sqlite"
+    sent, done, public = _done(path, tmp_path)
+    assert forget_command(["--outbox", str(path), "--receipt", done]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and json.loads(out)["request"]["request_id"] == done
+    printed = tmp_path / "receipt.json"
+    printed.write_text(out)
+    assert receipt_command(["verify", str(printed), "--public-key", str(public)]) == 0
+    assert capsys.readouterr().out.strip() == "receipt verified (signature)"
+    # One edited byte no longer verifies: the printed receipt is the signed one.
+    printed.write_text(out.replace('"forget": 1.5', '"forget": 1.6'))
+    assert receipt_command(["verify", str(printed), "--public-key", str(public)]) == 2
+    capsys.readouterr()
+    # A request without a receipt, an unknown id, a missing outbox: one line, exit 2.
+    for argv, message in (([str(path), "--receipt", sent], f"no receipt for request '{sent}'"),
+                          ([str(path), "--receipt", "nope"], "no receipt for request 'nope'"),
+                          ([str(tmp_path / "none.sqlite"), "--status"], "no outbox at"),
+                          ([str(path), "--status", "--receipt", done], "not allowed with")):
+        assert forget_command(["--outbox", *argv]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and message in captured.err
+        assert captured.err.startswith("fedunlearn forget: error: ")
+        assert captured.err.count("\n") == 1
+    assert not (tmp_path / "none.sqlite").exists()  # looking never creates an outbox

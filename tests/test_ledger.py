@@ -309,3 +309,35 @@ def test_sealed_receipts_form_a_verifiable_chain(ledger: Ledger, tmp_path: Path)
     ledger.add_receipt("b", "FT", {"after": "z"}, key)
     assert first["previous"] == "0" * 64 and ledger.receipts("a")["NoT"] == first
     assert verify_chain(ledger.chain(), key.public_key()) == 2
+
+
+def test_receipts_of_one_pass_are_sealed_together_or_not_at_all(
+        ledger: Ledger, tmp_path: Path) -> None:
+    from fedunlearn.receipts import load_or_create_key, verify_chain
+
+    key = load_or_create_key(tmp_path / "state")
+    for request_id in "abc":
+        ledger.record(_req(request_id))
+    ledger.add_receipt("c", "NoT", {"after": "x"}, key)
+    # The second item conflicts: nothing of the pass enters the chain.
+    with pytest.raises(LedgerError, match="already has a NoT receipt"):
+        ledger.add_receipts([("a", "NoT", {"after": "y"}), ("c", "NoT", {"after": "y"})], key)
+    assert ledger.receipts("a") == {} and len(ledger.chain()) == 1
+    sealed = ledger.add_receipts([("a", "NoT", {"after": "y"}), ("b", "NoT", {"after": "y"})],
+                                 key)
+    from fedunlearn.receipts import receipt_hash
+
+    assert sealed[1]["previous"] == receipt_hash(sealed[0])  # chained in order
+    assert verify_chain(ledger.chain(), key.public_key()) == 3
+
+
+def test_deletion_confirmations_keep_the_requesters_self_check(ledger: Ledger) -> None:
+    ledger.record(_req("a"))
+    ledger.confirm("a", 2)
+    ledger.confirm("a", 0)
+    assert ledger.confirmations("a") == {0: None, 2: None}
+    ledger.confirm("a", 0, {"forget-accuracy": 0.25})
+    ledger.confirm("a", 0, {"forget-accuracy": 0.9})  # a repeat does not rewrite it
+    assert ledger.confirmations("a") == {0: {"forget-accuracy": 0.25}, 2: None}
+    with pytest.raises(LedgerError, match="unknown request id"):
+        ledger.confirm("nope", 0)

@@ -4,7 +4,7 @@ import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 
 from fedunlearn import protocol as P
-from server.nodes import FederationError, discover_partitions
+from server.nodes import FederationError, discover_partitions, refresh
 
 
 def claiming(fake_grid, claims, sizes=None):
@@ -56,3 +56,91 @@ def test_bad_federation(fake_grid, claims, needle):
 def test_too_few_nodes_times_out_naming_the_missing_partitions(fake_grid):
     with pytest.raises(FederationError, match=r"no node holds partition\(s\) \[1, 2\] after 0 s"):
         discover_partitions(claiming(fake_grid, {1: 0}), 3, timeout=0.2)
+
+
+# ---- refresh: nodes that rejoin under a new id ---------------------------------------
+def federation(fake_grid, claims, sizes=None):
+    """A discovered federation of ``claims`` whose grid then forgets what it sent."""
+    grid = claiming(fake_grid, claims, sizes)
+    roster = discover_partitions(grid, len(claims), 5)
+    grid.sent.clear()
+    return grid, roster
+
+
+def test_refresh_sends_nothing_while_the_nodes_are_the_same(fake_grid):
+    grid, roster = federation(fake_grid, {50: 0, 60: 1, 70: 2})
+    assert refresh(grid, roster, 3, 5) is roster
+    grid.nodes = [50, 70]  # a node vanished: nothing to ask either
+    assert refresh(grid, roster, 3, 5) is roster
+    assert grid.sent == []
+
+
+def test_a_restarted_node_takes_its_partition_and_its_limit(fake_grid, caplog):
+    import numpy as np
+
+    from fedunlearn.federation import Federation
+    from server.training import node_limits
+
+    grid, roster = federation(fake_grid, {50: 0, 60: 1, 70: 2}, sizes={50: 30, 60: 12, 70: 9})
+    # Node 60 crashed; its SuperNode restarted as node 99 with the same partition.
+    grid.nodes = [50, 70, 99]
+    claims = {50: 0, 70: 2, 99: 1}
+    grid.answer = claiming(fake_grid, claims, sizes={99: 12}).answer
+    with caplog.at_level("INFO", logger="fedunlearn"):
+        new = refresh(grid, roster, 3, 5)
+    assert [m.metadata.dst_node_id for m in grid.sent] == [99]  # only the new id is asked
+    assert new.nodes == {0: 50, 1: 99, 2: 70} and new.sizes == roster.sizes
+    assert "partition 1: node 99 replaces node 60" in caplog.text
+    # The limit follows the partition: the new node may claim what the old one could.
+    # The config gives partition 1 more samples than its node reported: the smaller holds.
+    train_ids = [np.arange(30), np.arange(20), np.arange(9)]
+    data = Federation(splits=None, partitions=train_ids, train_ids=train_ids, val_ids=[],
+                      poisoned={})
+    assert node_limits(new, data)[99] == node_limits(roster, data)[60] == 12
+    # Asked once: the next round costs nothing, even if the old id shows up again.
+    grid.nodes.append(60)
+    assert refresh(grid, new, 3, 5) is new and len(grid.sent) == 1
+
+
+@pytest.mark.parametrize(("claim", "size", "needle"), [
+    (7, None, "node 99 holds partition 7, beyond num_clients=3"),
+    (1, 500, "node 99 holds partition 1 with 500 training samples, node 60 reported 12"),
+])
+def test_a_claim_that_does_not_fit_is_ignored_once(fake_grid, caplog, claim, size, needle):
+    grid, roster = federation(fake_grid, {50: 0, 60: 1, 70: 2}, sizes={50: 30, 60: 12, 70: 9})
+    grid.nodes.append(99)
+    grid.answer = claiming(fake_grid, {99: claim}, sizes={99: size} if size else None).answer
+    new = refresh(grid, roster, 3, 5)
+    assert new.nodes == roster.nodes
+    assert f"{needle}: node 99 ignored" in caplog.text
+    assert refresh(grid, new, 3, 5) is new and len(grid.sent) == 1  # not asked again
+
+
+def test_two_claimants_of_one_partition_the_lower_id_wins(fake_grid, caplog):
+    grid, roster = federation(fake_grid, {50: 0, 60: 1})
+    grid.nodes = [50, 98, 97]
+    grid.answer = claiming(fake_grid, {98: 1, 97: 1}).answer
+    new = refresh(grid, roster, 2, 5)
+    assert new.nodes == {0: 50, 1: 97}
+    assert "nodes 97 and 98 both hold partition 1: node 98 ignored" in caplog.text
+
+
+def test_a_new_node_that_does_not_answer_is_asked_again(fake_grid, caplog):
+    grid, roster = federation(fake_grid, {50: 0, 60: 1})
+    grid.nodes = [50, 99]
+    grid.answer = lambda msg: None  # connected, but silent (still starting)
+    assert refresh(grid, roster, 2, 5).nodes == roster.nodes
+    grid.answer = lambda msg: Message(RecordDict({P.INFO: ConfigRecord({})}), reply_to=msg)
+    assert refresh(grid, roster, 2, 5).nodes == roster.nodes
+    assert "node 99 did not report its partition: no 'partition-id'" in caplog.text
+    grid.answer = claiming(fake_grid, {99: 1}).answer
+    assert refresh(grid, roster, 2, 5).nodes == {0: 50, 1: 99}
+    assert [m.metadata.dst_node_id for m in grid.sent] == [99, 99, 99]
+
+
+def test_a_new_node_while_the_old_one_is_still_connected_is_warned_about(fake_grid, caplog):
+    grid, roster = federation(fake_grid, {50: 0, 60: 1})
+    grid.nodes = [50, 60, 99]
+    grid.answer = claiming(fake_grid, {99: 1}).answer
+    assert refresh(grid, roster, 2, 5).nodes == {0: 50, 1: 99}
+    assert "node 99 replaces node 60 (still connected" in caplog.text

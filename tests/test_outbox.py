@@ -1,5 +1,7 @@
 """The client outbox: durable, idempotent, knows whose it is."""
 
+import json
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -83,3 +85,78 @@ def test_claim_and_cancel(tmp_path: Path) -> None:
         with pytest.raises(OutboxError, match="'b' was already sent .*no longer be cancelled"):
             box.cancel("b")
         assert [e.request.request_id for e in box.all()] == ["b"]
+
+
+def _receipt(request: ForgetRequest, model: str = "ab" * 32) -> dict:
+    # The shape the server seals (server/answers.py); the outbox checks only the request.
+    return {"request": json.loads(request.to_json()), "method": "NoT", "model_after": model,
+            "metrics_after": {"forget": 12.5}, "signature": "00"}
+
+
+def test_deleted_requests_are_kept_once(tmp_path: Path) -> None:
+    a, b = _req("a"), _req("b", kind="class", cls=2)
+    with Outbox(tmp_path / "outbox.sqlite") as box:
+        assert box.deleted() == []
+        for request in (a, b, a):
+            box.record_deleted(request.to_json())
+        assert box.deleted() == [a.to_json(), b.to_json()]
+        with pytest.raises(OutboxError, match="'a' is already recorded deleted with other"):
+            box.record_deleted(_req("a", kind="backdoor").to_json())
+    with Outbox(tmp_path / "outbox.sqlite") as box:  # durable
+        assert [ForgetRequest.from_json(t) for t in box.deleted()] == [a, b]
+
+
+def test_receipts_are_idempotent_and_never_replaced(tmp_path: Path) -> None:
+    a = _req("a")
+    with Outbox(tmp_path / "outbox.sqlite") as box:
+        assert box.receipt("a") is None and box.self_check("a") is None
+        box.store_receipt("a", _receipt(a), {"mia": 51.0, "num-forget": 3})
+        # The same receipt again (a repeated delete notice): the first check is kept.
+        box.store_receipt("a", _receipt(a), {"mia": 99.0, "num-forget": 3})
+        assert box.receipt("a") == _receipt(a)
+        assert box.self_check("a") == {"mia": 51.0, "num-forget": 3}
+        with pytest.raises(OutboxError, match="another receipt is already stored for request 'a'"):
+            box.store_receipt("a", _receipt(a, model="cd" * 32), {})
+        with pytest.raises(OutboxError, match="receipt for 'b' is for request 'a'"):
+            box.store_receipt("b", _receipt(a), {})
+        with pytest.raises(OutboxError, match="names no valid request"):
+            box.store_receipt("a", {"method": "NoT"}, {})
+        with pytest.raises(OutboxError, match="not storable as JSON"):
+            box.store_receipt("c", _receipt(_req("c")), {"mia": float("nan")})
+        assert box.receipt("a") == _receipt(a) and box.receipt("c") is None
+
+
+def test_status_unsent_sent_done_and_server_scheduled(tmp_path: Path) -> None:
+    a, b, c = _req("a"), _req("b", kind="class", cls=2), _req("c", kind="backdoor")
+    scheduled = _req("s", origin="scenario")
+    with Outbox(tmp_path / "outbox.sqlite") as box:
+        for request in (a, b, c):
+            box.add(request)
+        box.mark_sent(["b", "c"])
+        box.store_receipt("c", _receipt(c), {"asr": 4.0})
+        box.store_receipt("s", _receipt(scheduled), {"mia": 50.0})
+        status = box.status()
+    assert [(s.request, s.state) for s in status] == [
+        (a, "unsent"), (b, "sent"), (c, "done"), (scheduled, "done")]
+    assert [s.receipt is None for s in status] == [True, True, False, False]
+    assert status[2].self_check == {"asr": 4.0}
+    assert status[3].receipt == _receipt(scheduled)
+
+
+def test_an_old_outbox_gains_the_new_tables(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    # The schema before deletions and receipts were kept, with one sent request.
+    with sqlite3.connect(path) as conn:
+        conn.executescript(
+            "CREATE TABLE outbox (id TEXT PRIMARY KEY, body TEXT NOT NULL, "
+            "added TEXT NOT NULL, sent TEXT);"
+            "CREATE TABLE node (key TEXT PRIMARY KEY, value INTEGER NOT NULL);")
+        conn.execute("INSERT INTO outbox VALUES (?, ?, ?, ?)",
+                     ("a", _req("a").to_json(), "2026-01-01T00:00:00.000+00:00",
+                      "2026-01-01T00:00:01.000+00:00"))
+    with Outbox(path) as box:
+        assert [(s.request, s.state) for s in box.status()] == [(_req("a"), "sent")]
+        box.record_deleted(_req("a").to_json())
+        box.store_receipt("a", _receipt(_req("a")), {"mia": 50.0})
+        assert box.deleted() == [_req("a").to_json()]
+        assert [s.state for s in box.status()] == ["done"]

@@ -302,3 +302,30 @@ def test_kinds_are_the_forget_kinds() -> None:
     from fedunlearn.data import KINDS as FORGET_KINDS
 
     assert KINDS == FORGET_KINDS == ("client", "class", "instance", "backdoor")
+
+
+# ---- several requests in one pass ------------------------------------------------
+def test_requests_travel_as_one_object_or_a_list() -> None:
+    one = _request(kind="class", cls=2)
+    two = _request(request_id="r2", kind="instance", ids=(9,), client=1)
+    from fedunlearn.requests import parse_requests, requests_json
+
+    assert parse_requests(requests_json([one])) == [one]
+    assert parse_requests(requests_json([one, two])) == [one, two]
+    for bad, reason in (("[]", "empty"), ("[{", "not valid JSON"), ("[1]", "JSON object")):
+        with pytest.raises(RequestRefused, match=reason):
+            parse_requests(bad)
+
+
+def test_one_pass_forgets_the_union_of_its_requests() -> None:
+    from fedunlearn.requests import materialize_all
+
+    cls = _request(kind="class", cls=2)
+    inst = _request(request_id="r2", kind="instance", ids=(9, 10), client=1)
+    both = materialize_all([cls, inst], PARTS, LABELS, {})
+    assert both.kind == "instance"  # mixed kinds: a set of samples
+    assert _same(both.ids_by_client, {0: np.array([2, 6]), 1: np.array([9, 10, 14]),
+                                      2: np.array([18, 22])})
+    same = materialize_all([cls, cls], PARTS, LABELS, {})
+    assert same.kind == "class" and _same(same.ids_by_client,
+                                          materialize(cls, PARTS, LABELS, {}).ids_by_client)

@@ -28,6 +28,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from fedunlearn.commands.args import UsageError
 from fedunlearn.config import (
     CONF_DIR,
     ConfigError,
@@ -206,5 +207,47 @@ def serve_task(cfg: DictConfig) -> float:
 
 
 def serve_command(argv: Sequence[str]) -> int:
-    """``fedunlearn serve [--multirun] [OVERRIDE ...]``: train and forget on request."""
-    return _launch("serve", serve_task, argv)
+    """``fedunlearn serve [--multirun] [OVERRIDE ...]``: train and forget on request.
+
+    ``fedunlearn serve --resume DIR [OVERRIDE ...]`` continues the live federation of
+    the run folder ``DIR`` after its last complete round, with the overrides it was
+    started with (Hydra keeps them in ``DIR/.hydra/overrides.yaml``) and any given
+    after them (e.g. more ``serve.rounds``).
+    """
+    args = list(argv)
+    if "--resume" in args:
+        at = args.index("--resume")
+        if at + 1 >= len(args):
+            return report(PROG, UsageError("--resume needs the run folder to continue"))
+        try:
+            args = [*resume_overrides(Path(args[at + 1])), *args[:at], *args[at + 2:]]
+        except UserError as exc:
+            return report(PROG, exc)
+    return _launch("serve", serve_task, args)
+
+
+def resume_overrides(run_dir: Path) -> list[str]:
+    """The overrides that continue the live federation of ``run_dir``.
+
+    Raises
+    ------
+    UsageError
+        ``run_dir`` holds no serve checkpoint or no record of its overrides.
+    """
+    from omegaconf import OmegaConf
+
+    from server.serve import STATE
+
+    recorded = run_dir / ".hydra" / "overrides.yaml"
+    if not (run_dir / STATE).exists():
+        raise UsageError(f"--resume: {run_dir} holds no {STATE} (not a serve run folder, "
+                         "or it stopped before its first round)")
+    if not recorded.exists():
+        raise UsageError(f"--resume: {recorded} is missing; give the run's overrides and "
+                         "serve.resume=true hydra.run.dir=DIR instead")
+    # The method sections are added again by _launch; the resume keys are set here.
+    added = set(method_overrides())
+    kept = [str(o) for o in OmegaConf.to_container(OmegaConf.load(recorded))
+            if str(o) not in added
+            and str(o).split("=")[0].lstrip("+~") not in ("serve.resume", "hydra.run.dir")]
+    return [*kept, "serve.resume=true", f"hydra.run.dir={run_dir}"]

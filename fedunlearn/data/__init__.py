@@ -8,9 +8,11 @@ from fedunlearn.data.forget import (
     backdoor,
     class_wise,
     client_wise,
+    eval_trigger,
     instance_wise,
     poison,
     trigger_value,
+    union,
 )
 from fedunlearn.data.images import DatasetSplits, ImageData
 from fedunlearn.data.partition import (
@@ -46,5 +48,7 @@ __all__ = [
     "poison",
     "preferential",
     "train_val_split",
+    "eval_trigger",
     "trigger_value",
+    "union",
 ]

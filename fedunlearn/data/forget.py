@@ -11,7 +11,7 @@ share the ForgetSet invariants checked here; half the lines are their documentat
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,6 +63,37 @@ class ForgetSet:
     def clients(self) -> tuple[int, ...]:
         """The clients holding part of the forget set, ascending."""
         return tuple(sorted(self.ids_by_client))
+
+
+def union(sets: Sequence[ForgetSet]) -> ForgetSet:
+    """The samples of several forget sets together: what one pass over simultaneous
+    requests forgets.
+
+    The kind is the sets' common kind; mixed kinds make an ``instance`` set (a set of
+    samples), except that a backdoor set among them keeps the union a ``backdoor`` set
+    with its target, so the attack is still measured.
+
+    Raises
+    ------
+    ValueError
+        No sets, or backdoor sets with different targets.
+    """
+    if not sets:
+        raise ValueError("a union needs at least one forget set")
+    if len(sets) == 1:
+        return sets[0]
+    targets = {s.target for s in sets if s.kind == "backdoor"}
+    if len(targets) > 1:
+        raise ValueError(f"backdoor forget sets with different targets {sorted(targets)}")
+    kinds = {s.kind for s in sets}
+    kind = "backdoor" if targets else kinds.pop() if len(kinds) == 1 else "instance"
+    merged: dict[int, np.ndarray] = {}
+    for part in sets:
+        for client, ids in part.ids_by_client.items():
+            merged[client] = np.union1d(merged.get(client, np.empty(0, np.int64)), ids)
+    return ForgetSet(kind, {c: merged[c].astype(np.int64) for c in sorted(merged)},
+                     " + ".join(s.description for s in sets),
+                     targets.pop() if targets else None)
 
 
 def _make(
@@ -283,6 +314,15 @@ def trigger_value(images: torch.Tensor) -> torch.Tensor:
         Shape ``C``.
     """
     return images.amax(dim=(0, 2, 3))
+
+
+def eval_trigger(size: int, corner: str,
+                 train_images: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The trigger an attack's evaluation adds to clean images: ``size`` pixels in
+    ``corner``, "white" as the poisoned training images had it (:func:`trigger_value` of
+    ``train_images``), not the evaluated images' own maximum."""
+    white = trigger_value(train_images)
+    return lambda images: add_trigger(images, size, corner, white)
 
 
 def add_trigger(

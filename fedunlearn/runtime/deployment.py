@@ -50,7 +50,8 @@ def deploy(
     out_dir : Path
         Results folder (absolute paths are passed to the ServerApp).
     job : str
-        ``run`` (train, answer requests, report) or ``train``.
+        ``run`` (train, answer requests, report), ``train``, or ``serve`` (the live
+        federation; a resubmitted run resumes it).
     app_dir : Path
         The Flower app to run (default: this project); tests pass a variant, e.g. with
         a rogue ClientApp.
@@ -67,6 +68,11 @@ def deploy(
     # The ServerApp runs in another working directory: pin relative paths here.
     pinned = [o for o in overrides if not o.startswith("cache_dir=")]
     pinned.append(f"cache_dir={Path(cfg.cache_dir).resolve()}")
+    if job == "serve":
+        # A run resubmitted after its ServerApp died continues the live federation from
+        # its checkpoint (a fresh folder has none: it starts from round 1).
+        pinned = [o for o in pinned if not o.startswith("serve.resume=")]
+        pinned.append("serve.resume=true")
     started = time.perf_counter()
     attempts: list[dict] = []
     run_id: int | None = None
