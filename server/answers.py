@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from fedunlearn.evaluation import add_ratios
 from fedunlearn.ledger import Ledger, LedgerEntry
 from fedunlearn.requests import ForgetRequest, RequestRefused, materialize, requests_json
 from fedunlearn.settings import Job
+from fedunlearn.sqlite import now
 from server.evaluation import UnlearningEvaluator, eval_sets
 from server.methods import MethodSpec, Provider, plan, recovery, run_method
 from server.training import TrainOutcome
@@ -178,7 +178,7 @@ def _answer(grid: Grid, outcome: TrainOutcome, out_dir: Path, ledger: Ledger,
             "shared_pass": ids,
             # Replies refused while answering (malformed, over-weighted, lost nodes).
             "refused_replies": run.refused,
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "finished": now(),  # ISO to the millisecond, as the ledger's times
         }
         # Sealed in the ledger together: chained to the receipt before, signed.
         sealed = ledger.add_receipts(

@@ -61,6 +61,10 @@ def deliver(grid: Grid, ledger: Ledger, nodes: dict[int, int], settings: Job,
         The number of messages sent.
     """
     labels = federation.splits.train.labels.numpy()
+    # Only nodes connected now: one that is offline (a client forgotten whole may leave
+    # for good) is tried again once it is back, instead of costing a timeout every round.
+    connected = set(grid.get_node_ids())
+    nodes = {pid: node for pid, node in nodes.items() if node in connected}
     if requests is None:
         requests = [e.request for e in ledger.all() if e.state == "done"]
     sent = 0

@@ -56,8 +56,11 @@ def poll_requests(
         for an honest node) and its body as text.
     """
     by_node = {node: pid for pid, node in nodes.items()}
+    connected = set(grid.get_node_ids())  # an offline node would cost the whole timeout
     messages = []
     for pid, node in nodes.items():
+        if node not in connected:
+            continue
         keys = (ack or {}).get(pid, [])
         content = RecordDict({P.ACK: ConfigRecord({str(i): key for i, key in enumerate(keys)})})
         messages.append(Message(content, message_type=P.query(P.REQUESTS), dst_node_id=node))

@@ -95,3 +95,19 @@ def test_the_research_job_sends_deletion_notices_without_receipts(
         assert notice.metadata.dst_node_id == NODES[2]
         assert P.RECEIPT not in notice.content.config_records[P.CONFIG]
         assert ledger.confirmations(request.request_id) == {2: None}
+
+
+def test_an_offline_node_costs_nothing_until_it_is_back(setup, tmp_path, fake_grid) -> None:
+    settings, federation = setup
+    key = load_or_create_key(tmp_path / "state")
+    request = scenario_request({"kind": "client", "client": 2})
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        answered(ledger, tmp_path, request, key)
+        # The client forgotten whole is not connected: the answer needs nothing from it.
+        grid = fake_grid([10, 11], node_reply(lost=set()))
+        assert deliver(grid, ledger, NODES, settings, federation, tmp_path, 1.0) == 0
+        assert ledger.confirmations(request.request_id) == {}
+        grid = fake_grid([10, 11, 12], node_reply(lost=set()))
+        assert deliver(grid, ledger, NODES, settings, federation, tmp_path, 1.0) == 1
+        assert ledger.confirmations(request.request_id)[2]["forget-accuracy"] == (
+            pytest.approx(0.1))
