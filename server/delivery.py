@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,6 +30,16 @@ from fedunlearn.settings import Job
 LOG = logging.getLogger("fedunlearn")
 
 
+@dataclass
+class Delivery:
+    """What one :func:`deliver` call achieved: messages ``sent``, and the partitions that
+    ``confirmed`` every notice sent to them or ``failed`` at least one."""
+
+    sent: int = 0
+    confirmed: set[int] = field(default_factory=set)
+    failed: set[int] = field(default_factory=set)
+
+
 def model_path(out_dir: Path, request_id: str, method: str) -> Path:
     """Where an answer's model is kept (written before its receipt is sealed)."""
     return out_dir / "unlearned" / request_id / f"{method}.pt"
@@ -37,7 +48,7 @@ def model_path(out_dir: Path, request_id: str, method: str) -> Path:
 def deliver(grid: Grid, ledger: Ledger, nodes: dict[int, int], settings: Job,
             federation: Federation, out_dir: Path, timeout: float,
             requests: Sequence[ForgetRequest] | None = None, again: bool = False,
-            receipts: bool = True) -> int:
+            receipts: bool = True) -> Delivery:
     """Send the deletion notices and receipts the ledger has no confirmation of yet.
 
     Parameters
@@ -57,8 +68,9 @@ def deliver(grid: Grid, ledger: Ledger, nodes: dict[int, int], settings: Job,
 
     Returns
     -------
-    int
-        The number of messages sent.
+    Delivery
+        Messages sent, and the partitions that confirmed every notice sent to them or
+        failed one (an error, or no reply within ``timeout``).
     """
     labels = federation.splits.train.labels.numpy()
     # Only nodes connected now: one that is offline (a client forgotten whole may leave
@@ -67,7 +79,7 @@ def deliver(grid: Grid, ledger: Ledger, nodes: dict[int, int], settings: Job,
     nodes = {pid: node for pid, node in nodes.items() if node in connected}
     if requests is None:
         requests = [e.request for e in ledger.all() if e.state == "done"]
-    sent = 0
+    done = Delivery()
     for request in requests:
         confirmed = ledger.confirmations(request.request_id)
         has_receipt = receipts and bool(ledger.receipts(request.request_id))
@@ -82,7 +94,8 @@ def deliver(grid: Grid, ledger: Ledger, nodes: dict[int, int], settings: Job,
             continue
         messages = [_notice(settings, request, out_dir, ledger, with_receipt, node)
                     for node, (_, with_receipt) in due.items()]
-        sent += len(messages)
+        done.sent += len(messages)
+        answered = set()
         for reply in grid.send_and_receive(messages, timeout=timeout):
             node = reply.metadata.src_node_id
             if node not in due:  # a reply from a node we did not ask
@@ -94,11 +107,16 @@ def deliver(grid: Grid, ledger: Ledger, nodes: dict[int, int], settings: Job,
                 continue
             check = reply.content.metric_records.get(P.SELF_CHECK)
             ledger.confirm(request.request_id, pid, None if check is None else dict(check))
+            answered.add(pid)
             if check is not None:
                 LOG.info("client %d received the receipt of %s; its self-check: %s", pid,
                          request.request_id,
                          ", ".join(f"{k} {float(v):.3g}" for k, v in check.items()))
-    return sent
+        asked = {pid for pid, _ in due.values()}
+        done.failed |= asked - answered
+        done.confirmed |= answered
+    done.confirmed -= done.failed
+    return done
 
 
 def _notice(settings: Job, request: ForgetRequest, out_dir: Path, ledger: Ledger,

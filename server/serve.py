@@ -98,6 +98,9 @@ class LiveFederation:
         self.served: list[dict] = []
         self.adopted: list[str] = []
         self.forgotten: set[int] = set()  # clients forgotten whole: never trained again
+        # Partitions told to delete something that did not confirm it (yet): they may
+        # still hold forget data, so they train no round until they confirm.
+        self.unsure: set[int] = set()
         self.first_seen: dict[str, int] = {}
         if self.state_path.exists() and not settings.serve_resume:
             raise ServeError(f"{out_dir} already holds a live federation ({STATE}); "
@@ -128,8 +131,20 @@ class LiveFederation:
     # ---- who takes part ----------------------------------------------------------
     @property
     def active(self) -> dict[int, int]:
-        """Partition -> node of the clients that still train."""
+        """Partition -> node of the clients that still take part (polls, answers)."""
         return {p: n for p, n in self.roster.nodes.items() if p not in self.forgotten}
+
+    def tell(self, ledger: Ledger, nodes: dict[int, int] | None = None,
+             requests: list[ForgetRequest] | None = None, again: bool = False) -> None:
+        """:func:`server.delivery.deliver` (every node by default), keeping track of the
+        partitions that have not confirmed a deletion."""
+        done = deliver(self.grid, ledger, self.roster.nodes if nodes is None else nodes,
+                       self.settings, self.federation, self.out_dir, self.timeout,
+                       requests, again=again)
+        self.unsure = (self.unsure - done.confirmed) | done.failed
+        if done.failed:
+            LOG.warning("[serve] client(s) %s train no round until they confirm their "
+                        "deletions", sorted(self.unsure))
 
     def _ranks(self) -> dict[int, int]:
         return {node: pid for pid, node in self.roster.nodes.items()}
@@ -147,8 +162,7 @@ class LiveFederation:
         self.strategy.limits = self.limits
         self.strategy.ranks = self._ranks()
         back = {p: n for p, n in self.roster.nodes.items() if before.get(p) != n}
-        deliver(self.grid, ledger, back, self.settings, self.federation, self.out_dir,
-                self.timeout, again=True)
+        self.tell(ledger, back, again=True)
 
     # ---- answers -----------------------------------------------------------------
     def answer(self, ledger: Ledger, key: object, rnd: int) -> None:
@@ -183,8 +197,7 @@ class LiveFederation:
                      rnd, request.request_id, receipt["method"],
                      f" (one pass with {len(entries) - 1} more)" if len(entries) > 1 else "")
         self.save()
-        deliver(self.grid, ledger, self.roster.nodes, self.settings, self.federation,
-                self.out_dir, self.timeout, [e.request for e in entries])
+        self.tell(ledger, requests=[e.request for e in entries])
 
     def adopt_sealed(self, ledger: Ledger) -> None:
         """After a crash: adopt, in chain order, answers whose receipts were sealed but
@@ -208,7 +221,7 @@ class LiveFederation:
     # ---- rounds --------------------------------------------------------------------
     def train_round(self, rnd: int, run_log: RunLog) -> None:
         """One FedAvg round over the active nodes (retried when too few answer)."""
-        self.strategy.participants = list(self.active.values())
+        self.strategy.participants = [n for p, n in self.active.items() if p not in self.unsure]
 
         def numbered(record: RoundRecord) -> None:
             record.round, record.rounds = rnd, self.settings.serve_rounds
@@ -278,12 +291,12 @@ def serve(grid: Grid, settings: Job, federation: Federation, out_dir: Path) -> T
         live.adopt_sealed(ledger)
         if resumed:
             # Nodes that restarted without durable state are told again what they deleted.
-            deliver(grid, ledger, live.roster.nodes, settings, federation, out_dir,
-                    live.timeout, again=True)
+            live.tell(ledger, again=True)
         for rnd in range(resumed + 1, settings.serve_rounds + 1):
             live._rejoin(ledger)
-            deliver(grid, ledger, live.roster.nodes, settings, federation, out_dir,
-                    live.timeout)
+            if live.unsure:  # their last notice failed: again, whatever the ledger says
+                live.tell(ledger, {p: live.roster.nodes[p] for p in live.unsure}, again=True)
+            live.tell(ledger)
             take_requests(grid, live.active, ledger, live.timeout, schedule.get(rnd, []))
             live.answer(ledger, key, rnd)
             live.train_round(rnd, run_log)

@@ -180,6 +180,28 @@ PROBLEMS = {
 }
 
 
+def runtimes_section(path: Path) -> list[str]:
+    """RESULTS.md lines of ``bench/serve/runtimes.py``'s comparison, if it ran."""
+    if not path.exists():
+        return ["Not measured yet: run `.venv/bin/python bench/serve/runtimes.py`.", ""]
+    data = json.loads(path.read_text())
+    sim, dep = data["simulation"], data["deployment"]
+    rows = ["| round | simulation test acc. | deployment test acc. |", "| --- | --- | --- |"]
+    for rnd, (a, b) in enumerate(zip(sim["test_accuracy_by_round"],
+                                     dep["test_accuracy_by_round"], strict=True), start=1):
+        rows.append(f"| {rnd} | {100 * a:.2f} | {100 * b:.2f} |")
+    return [
+        "The same short live federation (3 clients, 4 rounds, a class-wise request at "
+        "round 2, NoT) in the Ray simulation and on a real SuperLink with 3 SuperNodes "
+        "(gRPC on 127.0.0.1), made by `.venv/bin/python bench/serve/runtimes.py`:", "",
+        f"- simulation: `{sim['command']}`, {sim['wall_seconds']:.0f} s wall",
+        f"- deployment: `{dep['command']}`, {dep['wall_seconds']:.0f} s wall",
+        f"- the model served after the answer is the same in both: "
+        f"**{data['same_served_model']}** (digest {sim['served_model'][:16]}... vs "
+        f"{dep['served_model'][:16]}...); largest difference of the answer's metrics: "
+        f"{data['max_metric_difference']:.3g} points", "", *rows, ""]
+
+
 def health(run_dir: Path) -> dict[str, int]:
     """Counts of the :data:`PROBLEMS` in a run's ``serve.log`` (only those found)."""
     path = run_dir / "serve.log"
@@ -746,11 +768,8 @@ def report(plan: Plan, results: dict, command: str) -> str:
         lines += table(["run", "passes", "bytes", "FLOPs", "s", "rounds", "retain",
                         "forget", "test", "MIA", "avg gap"], rows)
         lines.append("")
-    lines += ["## Deployment (3 SuperNodes)", "",
-              "<!-- DEPLOYMENT: to be added by someone else: the same run in "
-              "`runtime=deployment` with 3 SuperNodes, short, to show that the two "
-              "runtimes agree. -->", "",
-              "Not measured yet.", ""]
+    lines += ["## Deployment (3 SuperNodes)", ""]
+    lines += runtimes_section(Path(__file__).with_name("runtimes.json"))
     runs = {k: v for part in ("timeline", "multi")
             for k, v in results.get(part, {}).get("runs", {}).items()}
     unhealthy = {k: v["health"] for k, v in runs.items() if v.get("health")}
