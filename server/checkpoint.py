@@ -34,6 +34,8 @@ class Checkpoint:
     refused: list[dict] = field(default_factory=list)
     # A live federation's answered requests whose models this one includes (in order).
     adopted: list[str] = field(default_factory=list)
+    # The node sampling's random state after the last round (random.Random.getstate()).
+    sampling: tuple | None = None
 
     def save(self, path: Path) -> None:
         """Write the checkpoint atomically (a crash never leaves half a file)."""

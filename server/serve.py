@@ -110,6 +110,7 @@ class LiveFederation:
             state = Checkpoint.load(self.state_path)
             self.initial, self.history, self.adopted = state.initial, state.history, \
                 state.adopted
+            sampling = state.sampling
             self.arrays = ArrayRecord(state.final)
             summary = out_dir / SUMMARY
             if summary.exists():
@@ -120,10 +121,13 @@ class LiveFederation:
             model = settings.build_model(federation, seed=settings.seed)
             self.initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
             self.arrays = ArrayRecord(self.initial)
+            sampling = None
         self.strategy = FederatedAveraging(
             participants=list(self.active.values()), fraction_train=settings.train.fraction_train,
             seed=settings.seed, limits=self.limits, aggregator=aggregator(settings),
             ranks=self._ranks())
+        if sampling is not None:  # the same nodes are sampled as without the restart
+            self.strategy.restore_sampling(sampling)
         # Answers use the serving method alone, and the serving round timeout.
         self.answerer = replace(settings, methods=(settings.serve_method,),
                                 train=replace(settings.train, round_timeout=self.timeout))
@@ -234,7 +238,7 @@ class LiveFederation:
                 config=ConfigRecord({P.PAYLOAD: self.settings.payload, P.PHASE: "serve"}),
                 evaluate_fn=self.evaluator, timeout=self.timeout, phase="serve",
                 on_round=numbered, min_replies=self.settings.serve_min_nodes,
-                retries=self.settings.serve_round_retries)
+                retries=self.settings.serve_round_retries, first=rnd)
         except RoundError as exc:  # the federation outlives a round without enough nodes
             LOG.error("[serve] round %d skipped: %s", rnd, exc)
             self.history.append({"phase": "serve", "round": rnd, "skipped": str(exc)})
@@ -251,7 +255,7 @@ class LiveFederation:
                    self.history, dict(self.settings.training_view),
                    [{"round": r, "node": n, "reason": why}
                     for r, n, why in self.strategy.refused],
-                   list(self.adopted)).save(self.state_path)
+                   list(self.adopted), self.strategy.sampling_state()).save(self.state_path)
         self.summary()
 
     def summary(self, **extra: object) -> None:

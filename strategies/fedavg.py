@@ -158,6 +158,14 @@ class FederatedAveraging(FedAvg):
         self.refused: list[tuple[int, int, str]] = []
         self.validation_bytes = 0
 
+    def sampling_state(self) -> tuple:
+        """The state of the node sampling's generator (checkpointed with the model)."""
+        return self._rng.getstate()
+
+    def restore_sampling(self, state: tuple) -> None:
+        """Continue the node sampling where :meth:`sampling_state` left it."""
+        self._rng.setstate(state)
+
     def select_nodes(self, grid: Grid) -> list[int]:
         """The nodes that train this round: a seeded sample of the participants."""
         pool = sorted(self.participants if self.participants is not None
@@ -232,6 +240,7 @@ class FederatedAveraging(FedAvg):
         until: Callable[[int, ArrayRecord], bool] | None = None,
         min_replies: int = 1,
         retries: int = 0,
+        first: int = 1,
     ) -> ArrayRecord:
         """Run ``rounds`` rounds from ``arrays``; return the global model after the last.
 
@@ -264,6 +273,9 @@ class FederatedAveraging(FedAvg):
         retries : int
             How often a round with fewer usable replies is sent again (new messages
             to a new seeded sample of the participants) before giving up.
+        first : int
+            The number of the first round (the ``server-round`` the nodes seed their
+            batches with); a live federation that runs one round per call counts on.
 
         Raises
         ------
@@ -274,7 +286,7 @@ class FederatedAveraging(FedAvg):
         if min_replies < 1 or retries < 0:
             raise ValueError(f"min_replies must be at least 1 and retries at least 0, "
                              f"got {min_replies} and {retries}")
-        for rnd in range(1, rounds + 1):
+        for rnd in range(first, first + rounds):
             started = time.perf_counter()
             refused_before = len(self.refused)
             missing = 0

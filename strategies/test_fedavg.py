@@ -301,3 +301,28 @@ def test_a_rule_that_wants_more_replies_than_the_round_is_named():
     with pytest.raises(TooFewReplies, match=r"3 usable replies from 3 node\(s\), too few for "
                                             r"the aggregation rule$"):
         run(FakeGrid((11, 12, 13), answering({11: 1.0, 12: 2.0, 13: 3.0})), strategy)
+
+
+def test_a_restarted_federation_samples_and_numbers_rounds_as_if_it_never_stopped():
+    nodes = tuple(range(11, 21))
+    values = dict.fromkeys(nodes, 1.0)
+
+    def rounds_of(strategy, first, count):
+        grid = FakeGrid(nodes, answering(values))
+        chosen = []
+        for rnd in range(first, first + count):
+            run(grid, strategy, first=rnd)
+        for msg in grid.sent:
+            chosen.append((int(msg.content.config_records["config"]["server-round"]),
+                           msg.metadata.dst_node_id))
+        return chosen
+
+    whole = rounds_of(FederatedAveraging(fraction_train=0.3, seed=4), 1, 4)
+    before = FederatedAveraging(fraction_train=0.3, seed=4)
+    head = rounds_of(before, 1, 2)
+    after = FederatedAveraging(fraction_train=0.3, seed=4)  # a new process
+    after.restore_sampling(before.sampling_state())
+    assert head + rounds_of(after, 3, 2) == whole
+    assert [r for r, _ in whole] == [1] * 3 + [2] * 3 + [3] * 3 + [4] * 3
+    # Without the saved state the restarted process would repeat round 1's sample.
+    assert rounds_of(FederatedAveraging(fraction_train=0.3, seed=4), 3, 2) != whole[6:]
