@@ -26,6 +26,8 @@ commands:
            (serve.method, default NoT), the answer's model served from then on
   forget   record a forget request on a client machine (see `fedunlearn forget -h`)
   receipt  export a ledger's signed receipts, or verify a receipt and the chain
+  certs    write a CA, the SuperLink's TLS certificate and SuperNode key pairs
+           (see `fedunlearn certs -h` and docs/deployment-security.md)
 
 runtime=simulation (default) runs Flower's Ray simulation; runtime=deployment starts a
 local SuperLink and SuperNodes and runs the same apps over gRPC.
@@ -41,6 +43,7 @@ COMMANDS: dict[str, str] = {
     "serve": "fedunlearn.commands.jobs:serve_command",
     "forget": "fedunlearn.commands.forget:forget_command",
     "receipt": "fedunlearn.commands.receipt:receipt_command",
+    "certs": "fedunlearn.commands.certs:certs_command",
 }
 
 
