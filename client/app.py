@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -14,6 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from client.modes import MODES, Local
 from client.node import (
+    NodeView,
     TrainOrder,
     node_outbox,
     node_view,
@@ -22,8 +24,8 @@ from client.node import (
     stored_self_check,
 )
 from fedunlearn import protocol as P
+from fedunlearn.training import distance, pick_device, project_to_ball
 from fedunlearn.training import evaluate as evaluate_model
-from fedunlearn.training import pick_device
 from fedunlearn.training import train as train_model
 
 app = ClientApp()
@@ -96,6 +98,8 @@ def train(msg: Message, context: Context) -> Message:
     mask = msg.content.array_records.get(P.MASK)
     trainable = ({k: v.bool() for k, v in mask.to_torch_state_dict().items()}
                  if mask is not None else None)
+    # PGD: every step is projected back into a ball around the received model.
+    project = _ball(view, model, order.radius) if order.radius > 0 else None
     fit = partial(
         train_model,
         model,
@@ -106,6 +110,7 @@ def train(msg: Message, context: Context) -> Message:
         device=view.device,
         grad_clip=order.grad_clip,
         trainable_mask=trainable,
+        after_step=project,
         # Different batches per client and round, the same on every repeat of the run.
         seed=view.settings.seed * 1_000_003 + server_round * 1009 + view.partition_id,
     )
@@ -135,6 +140,17 @@ def train(msg: Message, context: Context) -> Message:
         }
     )
     return Message(RecordDict({P.ARRAYS: out, P.METRICS: metrics}), reply_to=msg)
+
+
+def _ball(view: NodeView, model: torch.nn.Module,
+          share: float) -> Callable[[torch.nn.Module], None]:
+    """PGD's projection: within ``share`` of the distance between the received model and
+    a random one of the same architecture (Halimi et al. take a third), around the
+    received model."""
+    center = {n: p.detach().clone() for n, p in model.named_parameters()}
+    random = dict(view.settings.build_model(view.federation, seed=view.settings.seed)
+                  .to(view.device).named_parameters())
+    return project_to_ball(center, share * distance(center, random))
 
 
 @app.query(P.CURVATURE)

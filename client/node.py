@@ -83,6 +83,8 @@ class TrainOrder:
     epochs: int
     grad_clip: float | None
     request: str
+    # PGD's ball, as a share of the distance to a random model (0: none).
+    radius: float = 0.0
 
     @classmethod
     def from_config(cls, config: ConfigRecord, train: Training) -> TrainOrder:
@@ -104,6 +106,7 @@ class TrainOrder:
             epochs=int(config.get(P.EPOCHS, train.local_epochs)),
             grad_clip=clip if clip > 0 else None,
             request=str(config.get(P.REQUEST, "")),
+            radius=float(config.get(P.RADIUS, 0.0)),
         )
 
 

@@ -192,3 +192,27 @@ def test_self_check_of_a_backdoor_request_measures_the_attack():
     check = delete(msg, context()).content.metric_records[P.SELF_CHECK]
     assert check["num-forget"] == len(build_federation(cfg).poisoned[0]) > 0
     assert 0 <= check["asr"] <= 100 and check["model-matches"] == 1
+
+
+def test_pgd_steps_stay_in_the_ball_around_the_received_model():
+    splits = build_federation(CFG).splits
+    received = seeded_model("cnn_nonorm", splits.num_classes, splits.in_shape, 7).state_dict()
+    random = seeded_model("cnn_nonorm", splits.num_classes, splits.in_shape,
+                          CFG.seed).state_dict()
+    params = [n for n, _ in seeded_model("cnn_nonorm", splits.num_classes, splits.in_shape,
+                                         0).named_parameters()]
+
+    def moved(**order):
+        config = ConfigRecord({P.PAYLOAD: to_payload(CFG), P.REQUEST: REQUEST.to_json(),
+                               P.MODE: "ascent", P.DATA: "forget", P.LR: 0.5, P.EPOCHS: 3,
+                               **order})
+        msg = Message(RecordDict({"arrays": ArrayRecord(received), "config": config}),
+                      message_type="train", dst_node_id=5)
+        out = train(msg, context()).content.array_records["arrays"].to_torch_state_dict()
+        return float(torch.sqrt(sum(((out[n] - received[n]) ** 2).sum() for n in params)))
+
+    ball = 0.05 * float(torch.sqrt(sum(((received[n] - random[n]) ** 2).sum()
+                                       for n in params)))
+    free, projected = moved(), moved(**{P.RADIUS: 0.05})
+    assert free > ball  # plain ascent leaves the ball: the projection has work to do
+    assert projected <= ball * (1 + 1e-5) and projected > 0.5 * ball

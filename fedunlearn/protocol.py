@@ -52,7 +52,10 @@ RECEIPT = "receipt"     # a delete notice's sealed receipt (JSON), to the reques
 # A training order: which data (all, retain, forget), which client behaviour (a mode
 # of client/modes.py), its learning rate, local epochs and gradient clip.
 DATA, MODE, LR, EPOCHS, GRAD_CLIP = "data", "mode", "lr", "epochs", "grad-clip"
-ORDER_KEYS = (DATA, MODE, LR, EPOCHS, GRAD_CLIP, REQUEST)
+# PGD: keep the trained model within this share of the distance between the received
+# model and a random one (0: unconstrained).
+RADIUS = "radius"
+ORDER_KEYS = (DATA, MODE, LR, EPOCHS, GRAD_CLIP, REQUEST, RADIUS)
 DATA_SELECTIONS = ("all", "retain", "forget")
 
 # ---- nodeinfo entries --------------------------------------------------------------

@@ -10,7 +10,7 @@ same batching and determinism rules; each is a single documented function.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -177,6 +177,7 @@ def train(
     ascent: bool = False,
     ascent_loss_cap: float | None = None,
     trainable_mask: Mapping[str, Tensor] | None = None,
+    after_step: Callable[[nn.Module], None] | None = None,
 ) -> TrainStats:
     """Train ``model`` in place with SGD (momentum, weight decay) on cross-entropy.
 
@@ -222,6 +223,9 @@ def train(
         still move them, they are copied back after every step.
         Parameters not named are fully trainable. Buffers (BatchNorm running
         statistics) are not covered.
+    after_step
+        Called with the model after every optimizer step, under ``torch.no_grad``;
+        e.g. :func:`project_to_ball` for projected gradient ascent (PGD).
 
     Returns
     -------
@@ -278,6 +282,8 @@ def train(
                 with torch.no_grad():
                     for param, trainable, saved in frozen:
                         param.copy_(torch.where(trainable, param, saved))
+                    if after_step is not None:
+                        after_step(model)
                 steps += 1
                 stepped_samples += len(batch)
             mean_loss = loss_sum.item() / num
@@ -295,6 +301,36 @@ def train(
         flops=forward * num * epochs + backward * stepped_samples,
         steps=steps,
     )
+
+
+def project_to_ball(center: Mapping[str, Tensor],
+                    radius: float) -> Callable[[nn.Module], None]:
+    """A step hook that keeps a model's parameters within L2 distance ``radius`` of
+    ``center`` (all parameters as one vector), scaling the offset back onto the sphere.
+
+    Parameters
+    ----------
+    center : mapping of str to Tensor
+        Parameter values by name (``named_parameters``), on the model's device.
+    radius : float
+        The ball's radius (>= 0).
+    """
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
+
+    def project(model: nn.Module) -> None:
+        params = [(p, center[name]) for name, p in model.named_parameters()]
+        distance = torch.sqrt(sum(((p - c) ** 2).sum() for p, c in params))
+        if distance > radius:
+            scale = radius / distance
+            for p, c in params:
+                p.copy_(c + (p - c) * scale)
+    return project
+
+
+def distance(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> float:
+    """L2 distance between two sets of parameters with the same names (as one vector)."""
+    return float(torch.sqrt(sum(((a[k].float() - b[k].float()) ** 2).sum() for k in a)))
 
 
 def predict_logits(model: nn.Module, images: Tensor, *, batch_size: int, device: Device) -> Tensor:

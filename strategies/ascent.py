@@ -57,12 +57,15 @@ class GradientAscent(UnlearningStrategy):
         """The nodes of the ascent rounds: those holding forget data."""
         return self.targets.forget_nodes
 
+    def ascent_order(self) -> dict[str, Any]:
+        """The training order of the ascent rounds."""
+        return {P.DATA: self.data, P.MODE: self.mode, P.LR: self.lr,
+                P.EPOCHS: self.local_epochs, P.GRAD_CLIP: self.grad_clip,
+                P.REQUEST: self.targets.request_json}
+
     def phases(self) -> list[Phase]:
         """Ascent on forget data of the forget nodes, then FedAvg recovery."""
-        order = {P.DATA: self.data, P.MODE: self.mode, P.LR: self.lr,
-                 P.EPOCHS: self.local_epochs, P.GRAD_CLIP: self.grad_clip,
-                 P.REQUEST: self.targets.request_json}
-        first = Phase(self.mode, self.rounds, self.ascent_nodes(), order)
+        first = Phase(self.mode, self.rounds, self.ascent_nodes(), self.ascent_order())
         return [first, self.recovery(self.recovery_settings.recovery_rounds)]
 
 

@@ -197,3 +197,24 @@ def test_pick_device(monkeypatch: pytest.MonkeyPatch) -> None:
     assert pick_device("auto") == CPU
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         pick_device("cuda")
+
+
+def test_project_to_ball_keeps_parameters_within_the_radius():
+    from fedunlearn.training import distance, project_to_ball
+
+    model = torch.nn.Linear(3, 2)
+    center = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    far = distance(dict(model.named_parameters()), center)
+    project = project_to_ball(center, 0.5)
+    with torch.no_grad():
+        project(model)
+    assert far > 0.5 and distance(dict(model.named_parameters()), center) == pytest.approx(0.5)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        project(model)  # already inside: unchanged
+    assert distance(dict(model.named_parameters()), before) == 0.0
+    with pytest.raises(ValueError, match="radius must be >= 0"):
+        project_to_ball(center, -1.0)
