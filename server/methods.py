@@ -4,7 +4,8 @@
 method checks its own config section); :func:`make_strategy` builds one run's
 strategy; :class:`Provider` gives each strategy what it declared it ``needs``
 (the model's architecture, the clients' curvature statistics, computed once per
-request); :func:`run_method` lets the strategy run itself and measures the cost.
+request, the clients' updates kept during training); :func:`run_method` lets the
+strategy run itself and measures the cost.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from fedunlearn import protocol as P
 from fedunlearn.settings import Job
 from server.curvature import Curvature, query_curvature
 from server.evaluation import UnlearningEvaluator
+from server.history import UpdateHistory
 from server.training import TrainOutcome, aggregator
 from strategies import Architecture, Recovery, Targets, UnlearningStrategy, registry
 from strategies.rounds import RoundRecord
@@ -57,7 +59,7 @@ def recovery(settings: Job) -> Recovery:
                     recovery_rounds=settings.recovery_rounds, lr=settings.recovery_lr,
                     local_epochs=settings.train.local_epochs,
                     epsilon=settings.recovery_epsilon,
-                    max_rounds=settings.recovery_max_rounds)
+                    max_rounds=settings.recovery_max_rounds, train_lr=settings.train.lr)
 
 
 def make_strategy(spec: MethodSpec, settings: Job, targets: Targets,
@@ -75,7 +77,9 @@ def make_strategy(spec: MethodSpec, settings: Job, targets: Targets,
 
 
 def check_methods_fit(settings: Job, model: torch.nn.Module) -> None:
-    """Build every planned run and give it the model: what ``run`` would refuse, now.
+    """Build every planned run and give it the model: what ``run`` would refuse, now;
+    and refuse a ``serve.method`` that needs the training's update history, which a live
+    federation does not keep.
 
     Raises
     ------
@@ -87,6 +91,11 @@ def check_methods_fit(settings: Job, model: torch.nn.Module) -> None:
         strategy = make_strategy(spec, settings, Targets([], [], ""))
         if "model" in spec.cls.needs:
             strategy.provide({"model": arch})
+    serving = registry.METHODS.get(settings.serve_method)
+    if serving is not None and "history" in serving.needs:
+        raise ValueError(f"serve.method: {serving.name} needs the clients' updates kept "
+                         "during training, and `fedunlearn serve` keeps none; choose "
+                         "another method")
 
 
 class Provider:
@@ -105,6 +114,7 @@ class Provider:
         self._makers: dict[str, Callable[[], Any]] = {
             "model": lambda: Architecture(self.settings.model, outcome.evaluator.model),
             "curvature": self._curvature,
+            "history": self._history,
         }
 
     def __call__(self, needs: tuple[str, ...]) -> dict[str, Any]:
@@ -113,6 +123,13 @@ class Provider:
             if need not in self.made:
                 self.made[need] = self._makers[need]()
         return {need: self.made[need] for need in needs}
+
+    def _history(self) -> UpdateHistory:
+        """The clients' updates kept while the outcome's model was trained."""
+        if self.outcome.history is None:  # a live federation's model, say
+            raise ValueError("no update history was kept while this model was trained "
+                             "(`fedunlearn serve` keeps none)")
+        return self.outcome.history
 
     def _curvature(self) -> Curvature:
         """The request's curvature statistics at the trained weights."""

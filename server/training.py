@@ -13,10 +13,12 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedunlearn import protocol as P
+from fedunlearn.digest import digest
 from fedunlearn.federation import Federation
 from fedunlearn.settings import Job
 from server.central import CentralEvaluator
 from server.checkpoint import Checkpoint, cache_path, cached
+from server.history import HistoryUnavailable, Recorder, UpdateHistory, history_path
 from server.nodes import Roster, discover_partitions
 from server.progress import RunLog
 from strategies.fedavg import FederatedAveraging
@@ -30,7 +32,8 @@ class TrainOutcome:
     """The trained global model, the node map, and how it was obtained.
 
     ``limits`` maps each node id to the training samples it holds: the most
-    examples any of its replies may claim.
+    examples any of its replies may claim. ``history`` holds the clients' updates kept
+    during training when a planned method needs them (FedEraser), else None.
     """
 
     settings: Job
@@ -42,11 +45,16 @@ class TrainOutcome:
     reused: bool
     test_accuracy: float
     seconds: float
+    history: UpdateHistory | None = None
 
 
 def train_global(grid: Grid, settings: Job, federation: Federation,
                  out_dir: Path) -> TrainOutcome:
     """Train the global model with FedAvg on every client, or reload it from the cache.
+
+    When a planned method needs the clients' update history (FedEraser), training keeps
+    it (:mod:`server.history`), and a cached model is reused only with a history kept at
+    the planned interval; otherwise it is trained again.
 
     Parameters
     ----------
@@ -68,7 +76,8 @@ def train_global(grid: Grid, settings: Job, federation: Federation,
     LOG.info("federation: %d clients on nodes %s", len(nodes), list(nodes.values()))
     evaluator = CentralEvaluator(settings, federation)
     key = settings.fingerprint
-    ckpt = cached(settings.cache_dir, key) if settings.reuse_trained else None
+    interval = history_interval(settings)
+    ckpt, history = reusable(settings, interval) if settings.reuse_trained else (None, None)
     reused = ckpt is not None
     if ckpt is not None:
         LOG.info("reusing the trained model %s (config unchanged)",
@@ -76,13 +85,17 @@ def train_global(grid: Grid, settings: Job, federation: Federation,
     else:
         model = settings.build_model(federation, seed=settings.seed)
         initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        ranks = {node: pid for pid, node in nodes.items()}
+        history = (UpdateHistory.create(history_path(settings.cache_dir, key), interval)
+                   if interval is not None else None)
         strategy = FederatedAveraging(
             participants=list(nodes.values()),
             fraction_train=t.fraction_train,
             seed=settings.seed,
             limits=limits,
             aggregator=aggregator(settings),
-            ranks={node: pid for pid, node in nodes.items()},
+            ranks=ranks,
+            observer=Recorder(history, ranks) if history is not None else None,
         )
         run_log = RunLog(out_dir)
         final = strategy.run_rounds(
@@ -103,6 +116,8 @@ def train_global(grid: Grid, settings: Job, federation: Federation,
             config=dict(settings.training_view),
             refused=[{"round": r, "node": n, "reason": why} for r, n, why in strategy.refused],
         )
+        if history is not None:  # whole now, and tied to this model
+            history.seal(digest(ckpt.final))
         # Saved either way, for inspection; cached() reuses only a clean run's model.
         ckpt.save(cache_path(settings.cache_dir, key))
         if ckpt.refused:
@@ -121,12 +136,55 @@ def train_global(grid: Grid, settings: Job, federation: Federation,
         "aggregation": t.aggregation,
         "refused": ckpt.refused,
         "history": ckpt.history,
+        "update_history": history.summary() if history is not None else None,
     }
     (out_dir / "train.json").write_text(json.dumps(summary, indent=2))
     LOG.info("global model: test accuracy %.2f%% (%s, %.1f s)", 100 * accuracy,
              "reused" if reused else "trained", seconds)
     return TrainOutcome(settings, ckpt, nodes, limits, federation, evaluator, reused, accuracy,
-                        seconds)
+                        seconds, history)
+
+
+def history_interval(settings: Job) -> int | None:
+    """The interval of the update history the planned methods need (the ``interval``
+    setting of each method whose ``needs`` name ``"history"``), or None if none does.
+
+    Raises
+    ------
+    ValueError
+        Two such methods want different intervals.
+    """
+    from server.methods import plan  # server.methods imports this module
+
+    intervals = {spec.options["interval"] for spec in plan(settings)
+                 if "history" in spec.cls.needs}
+    if len(intervals) > 1:
+        raise ValueError(f"the methods that need the update history keep it every "
+                         f"{sorted(intervals)} rounds; they must agree")
+    return intervals.pop() if intervals else None
+
+
+def reusable(settings: Job, interval: int | None
+             ) -> tuple[Checkpoint | None, UpdateHistory | None]:
+    """The cached trained model and, when ``interval`` is not None, its update history.
+
+    ``(None, None)`` when there is no clean cached model, or when a history is needed
+    and the cached one does not fit it (kept without one, at another interval, or
+    interrupted): the model is then trained again, with the reason in the log, rather
+    than unlearned without the history a method needs.
+    """
+    key = settings.fingerprint
+    ckpt = cached(settings.cache_dir, key)
+    if ckpt is None or interval is None:
+        return ckpt, None
+    try:
+        history = UpdateHistory.open(history_path(settings.cache_dir, key), interval,
+                                     digest(ckpt.final))
+    except HistoryUnavailable as exc:
+        LOG.warning("training again rather than reusing %s: %s",
+                    cache_path(settings.cache_dir, key), exc)
+        return None, None
+    return ckpt, history
 
 
 def node_limits(roster: Roster, federation: Federation) -> dict[int, int]:

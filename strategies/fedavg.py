@@ -29,6 +29,8 @@ from strategies.replies import Signature, check_metrics, check_train_reply, repl
 from strategies.rounds import EvaluateFn, OnRound, RoundRecord, TooFewReplies
 
 LOG = logging.getLogger("fedunlearn")
+#: ``observer(server_round, arrays sent, usable replies)`` (FederatedAveraging.observer).
+Observer = Callable[[int, ArrayRecord, list[Message]], None]
 
 
 def aggregate_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
@@ -118,6 +120,10 @@ class FederatedAveraging(FedAvg):
         Per node id, a rank that is the same in every run (its partition id): node
         ids are drawn anew each run, so sampling and summing in node-id order would
         not repeat under the seed. Nodes without a rank go by their id.
+    observer : callable, optional
+        ``observer(server_round, arrays, replies)``: shown, every round, the global
+        arrays sent and the usable replies (in rank order) before they are aggregated
+        (training keeps FedEraser's update history with it, :mod:`server.history`).
     """
 
     def __init__(
@@ -128,6 +134,7 @@ class FederatedAveraging(FedAvg):
         limits: Mapping[int, int] | None = None,
         aggregator: FedAvg | None = None,
         ranks: Mapping[int, int] | None = None,
+        observer: Observer | None = None,
     ) -> None:
         # Our round driver evaluates centrally and never configures federated
         # evaluation; FedAvg warns about fraction_evaluate=0 on every construction.
@@ -149,6 +156,8 @@ class FederatedAveraging(FedAvg):
         self.ranks = dict(ranks or {})
         self.aggregator = aggregator
         self._sent: list[Message] = []
+        self._arrays_sent = ArrayRecord()
+        self.observer = observer
         self.seed = seed
         self._rng = random.Random(seed)
         self._expected: Signature = {}
@@ -184,6 +193,7 @@ class FederatedAveraging(FedAvg):
     ) -> Iterable[Message]:
         """One training message per selected node, carrying the global arrays."""
         self._expected = signature(arrays)
+        self._arrays_sent = arrays
         config["server-round"] = server_round
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config,
                              **self.extra_records})
@@ -194,12 +204,16 @@ class FederatedAveraging(FedAvg):
         ]
         return self._sent
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Aggregate the usable replies; the others are logged and recorded.
+    def usable_replies(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
+        """The replies that pass the checks, in node (rank) order; the others are
+        logged and recorded in :attr:`refused`.
 
-        Returns ``(None, None)`` when no reply is usable.
+        Parameters
+        ----------
+        server_round : int
+            The round the replies answer (recorded with each refusal).
+        replies : iterable of Message
+            The round's replies to the messages of :meth:`configure_train`.
         """
         usable = []
         for msg in replies:
@@ -213,13 +227,27 @@ class FederatedAveraging(FedAvg):
             else:
                 LOG.warning("round %d: refused reply of node %d: %s", server_round, node, reason)
                 self.refused.append((server_round, node, reason))
-        if not usable:
-            return None, None
         # In node order, not arrival order: a float sum depends on its order, and a run
         # must repeat bit for bit under its seed whichever node answers first.
         usable.sort(key=lambda m: self._rank(reply_node(m, self._sent)))
-        # Costs of every usable reply, before a robust rule drops some (or pops arrays).
+        return usable
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate the usable replies (:meth:`usable_replies`), after showing them to
+        the :attr:`observer`.
+
+        Returns ``(None, None)`` when no reply is usable.
+        """
+        usable = self.usable_replies(server_round, replies)
+        if not usable:
+            return None, None
+        # Costs of every usable reply, and the observer's look at them, before a robust
+        # rule drops some (or pops arrays).
         metrics = self.train_metrics_aggr_fn([m.content for m in usable], self.weighted_by_key)
+        if self.observer is not None:
+            self.observer(server_round, self._arrays_sent, usable)
         if self.aggregator is None:
             arrays, _ = super().aggregate_train(server_round, usable)
         else:

@@ -34,8 +34,11 @@ StateDict = dict[str, torch.Tensor]
 
 #: What a method may declare in ``needs``: the server provides each before ``run``.
 #: ``curvature``: ``(h, h')`` aggregated from the clients (TIS paper Eq. 30);
-#: ``model``: an :class:`Architecture` (parameter names, layers, the model's name).
-NEEDS = ("curvature", "model")
+#: ``model``: an :class:`Architecture` (parameter names, layers, the model's name);
+#: ``history``: the clients' updates kept during training every ``interval`` rounds
+#: (:class:`server.history.UpdateHistory`); a method that needs it takes an ``interval``
+#: setting, which training reads to keep it (FedEraser). ``fedunlearn serve`` keeps none.
+NEEDS = ("curvature", "history", "model")
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,8 @@ class Recovery:
         model's, after at most ``max_rounds``; None runs ``recovery_rounds`` rounds.
     max_rounds : int
         The most rounds of an adaptive recovery phase.
+    train_lr : float, optional
+        Learning rate of the original training (``train.lr``); None: ``lr``.
     """
 
     train_rounds: int
@@ -101,6 +106,7 @@ class Recovery:
     local_epochs: int
     epsilon: float | None = None
     max_rounds: int = 0
+    train_lr: float | None = None
 
 
 @dataclass(frozen=True)
