@@ -707,7 +707,7 @@ def report(plan: Plan, results: dict, command: str) -> str:
         lines += ["## Latency", "",
                   "Rounds from the round the request was taken in (and from the round the "
                   "schedule planned) to the round it was answered in, and seconds from its "
-                  "record in the ledger to its sealed receipt (1 s resolution).", ""]
+                  "record in the ledger to its sealed receipt (both kept to the millisecond).", ""]
         rows = []
         for r in tl["requests"].values():
             for method in ("NoT", "Retrain"):
