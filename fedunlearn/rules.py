@@ -228,6 +228,8 @@ def rules() -> dict[str, Rule]:
         "runtime.flwr_home": Rule("text", null=True, when=deployment),
         "runtime.state_file": Rule("text", null=True, when=deployment),
         "runtime.max_restarts": _int(0, when=deployment),
+        "runtime.insecure": Rule("bool", when=deployment),
+        "runtime.restart_spacing": _num(0, when=deployment),
         "runtime.resubmits": _int(0, when=deployment),
         "runtime.superlink_timeout": _num(0, low_open=True, when=deployment),
         "runtime.run_timeout": _num(0, low_open=True, when=deployment),

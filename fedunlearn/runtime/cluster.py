@@ -33,7 +33,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from fedunlearn.runtime.flwr_cli import CONNECTION, write_connection
+from fedunlearn.pki import CredentialsError, Layout, parse_addresses, write_credentials
+from fedunlearn.runtime.flwr_cli import CONNECTION, register_node, write_connection
 from fedunlearn.runtime.processes import (
     DeploymentError,
     Service,
@@ -51,6 +52,7 @@ LOG = logging.getLogger("fedunlearn")
 STATE_FILE = Path("state") / "superlink.db"
 # Seconds between the watcher's looks at the services.
 WATCH_INTERVAL = 0.5
+
 
 
 def prepare_state_file(path: Path) -> Path:
@@ -121,6 +123,8 @@ class LocalCluster:
     _halt: threading.Event = field(default_factory=threading.Event, repr=False)
     _watcher: threading.Thread | None = field(default=None, repr=False)
     _given_up: set[str] = field(default_factory=set, repr=False)
+    # Monotonic time before which a service is not restarted again (runtime.restart_spacing).
+    _not_before: dict[str, float] = field(default_factory=dict, repr=False)
     _t0: float = field(default_factory=time.monotonic, repr=False)
 
     def outbox(self, node: int) -> Path:
@@ -179,18 +183,53 @@ class LocalCluster:
             # The SuperLink starts its SuperExec before it opens its port.
             self._adopt(service, wait=10.0)
 
+    @property
+    def secure(self) -> bool:
+        """TLS and SuperNode authentication (unless ``runtime.insecure``)."""
+        return not bool(self.runtime.get("insecure", False))
+
+    @property
+    def credentials(self) -> Layout:
+        """Where the cluster's CA, SuperLink certificate and SuperNode keys live."""
+        return Layout(self.home / "certs")
+
+    def _make_credentials(self) -> None:
+        """Create the credentials on first start (kept for restarts and later runs: the
+        SuperLink's database holds the registered keys)."""
+        creds = self.credentials
+        wanted = [creds.ca_cert, creds.superlink_cert, creds.superlink_key,
+                  *(creds.node_key(i) for i in range(self.num_nodes))]
+        if all(path.exists() for path in wanted):
+            return
+        host = str(self.runtime.host)
+        try:  # the SuperLink's certificate names the address everyone connects to
+            names, addresses = ("localhost",), parse_addresses(host)
+        except CredentialsError:  # a host name
+            names, addresses = ("localhost", host), parse_addresses("127.0.0.1")
+        write_credentials(creds.root, names=names, addresses=addresses,
+                          nodes=self.num_nodes, force=True)
+
     def _superlink_argv(self) -> list[str]:
         rt = self.runtime
+        creds = self.credentials
+        security = ([
+            "--ssl-ca-certfile", str(creds.ca_cert), "--ssl-certfile", str(creds.superlink_cert),
+            "--ssl-keyfile", str(creds.superlink_key), "--enable-supernode-auth",
+        ] if self.secure else ["--insecure"])
         return [
-            "flower-superlink", "--insecure", "--disable-runtime-dependency-installation",
+            "flower-superlink", *security, "--disable-runtime-dependency-installation",
             "--host", str(rt.host), "--port", str(rt.superlink_port),
             "--database", str(self.state_file),
         ]
 
     def _supernode_argv(self, i: int) -> list[str]:
         rt = self.runtime
+        creds = self.credentials
+        security = (["--root-certificates", str(creds.ca_cert),
+                     "--auth-supernode-private-key", str(creds.node_key(i))]
+                    if self.secure else ["--insecure"])
         return [
-            "flower-supernode", "--insecure",
+            "flower-supernode", *security,
             "--superlink", self.control_address,
             "--host", str(rt.host), "--port", str(rt.clientappio_base_port + i),
             # Node-config values are TOML: a path must be a quoted string.
@@ -209,12 +248,19 @@ class LocalCluster:
         if busy:
             raise DeploymentError(f"port(s) {busy} on {host} are in use; "
                                   "set runtime.*_port to free ones")
-        write_connection(self.home, CONNECTION, self.control_address)
+        if self.secure:
+            self._make_credentials()
+        write_connection(self.home, CONNECTION, self.control_address,
+                         self.credentials.ca_cert if self.secure else None)
         prepare_state_file(self.state_file)
         self._t0 = time.monotonic()
         with self._lock:
             link = self._spawn("superlink", self._superlink_argv(), int(rt.superlink_port))
         self._ready(link)
+        if self.secure:
+            # Only registered keys may join: every node's, before it starts.
+            for i in range(self.num_nodes):
+                register_node(self.home, self.credentials.node_public_key(i))
         with self._lock:
             for i in range(self.num_nodes):
                 self._spawn(f"supernode-{i}", self._supernode_argv(i),
@@ -229,6 +275,8 @@ class LocalCluster:
         while not self._halt.wait(WATCH_INTERVAL):
             for service in list(self.services.values()):
                 if service.proc.poll() is None or self._halt.is_set():
+                    continue
+                if time.monotonic() < self._not_before.get(service.name, 0.0):
                     continue
                 try:
                     self._restart(service)
@@ -261,6 +309,11 @@ class LocalCluster:
                 return
             new = self._spawn(service.name, service.argv, service.port,
                               note=f"restarted after exit code {code}")
+            # An authenticated SuperNode killed hard stays "online" at the SuperLink for
+            # up to a minute, and a new process with its key is refused meanwhile: space
+            # the next restart out instead of spending every restart at once.
+            self._not_before[service.name] = (time.monotonic()
+                                              + float(self.runtime.restart_spacing))
             self.restarts.append({
                 "service": service.name, "exit_code": code,
                 "at_s": round(time.monotonic() - self._t0, 1), "died_at": died_at,

@@ -63,14 +63,39 @@ class RunTimeout(DeploymentError):
 class SuperLinkUnavailable(DeploymentError):
     """The ``flwr`` CLI could not reach the SuperLink (it may be restarting)."""
 
-def write_connection(home: Path, name: str, address: str) -> Path:
-    """Write FLWR_HOME/config.toml with one insecure SuperLink connection."""
+def write_connection(home: Path, name: str, address: str,
+                     root_certificates: Path | None = None) -> Path:
+    """Write FLWR_HOME/config.toml with one SuperLink connection: over TLS, trusting the
+    CA in ``root_certificates`` (an absolute path: ``flwr`` reads it relative to where
+    it runs), or insecure without it."""
     home.mkdir(parents=True, exist_ok=True)
     path = home / "config.toml"
+    trust = ({"root-certificates": str(Path(root_certificates).resolve())}
+             if root_certificates is not None else {"insecure": True})
     path.write_text(tomli_w.dumps(
-        {"superlink": {"default": name, name: {"address": address, "insecure": True}}}
+        {"superlink": {"default": name, name: {"address": address, **trust}}}
     ))
     return path
+
+
+def register_node(home: Path, public_key: Path, connection: str = CONNECTION,
+                  timeout: float = 60.0) -> None:
+    """Register a SuperNode's public key with the SuperLink (``flwr supernode register``).
+
+    A key the SuperLink already holds (a restarted SuperLink on its database) is fine.
+
+    Raises
+    ------
+    DeploymentError
+        Any other refusal, with Flower's message.
+    """
+    try:
+        _flwr_json(["supernode", "register", str(public_key), connection], home, timeout)
+    except SuperLinkUnavailable:
+        raise
+    except DeploymentError as exc:
+        if "already in use" not in str(exc).lower():
+            raise
 
 
 def _flwr(args: list[str], home: Path, timeout: float) -> str:
