@@ -199,7 +199,13 @@ def runtimes_section(path: Path) -> list[str]:
         f"- the model served after the answer is the same in both: "
         f"**{data['same_served_model']}** (digest {sim['served_model'][:16]}... vs "
         f"{dep['served_model'][:16]}...); largest difference of the answer's metrics: "
-        f"{data['max_metric_difference']:.3g} points", "", *rows, ""]
+        f"{data['max_metric_difference']:.3g} points",
+        *([] if data["same_served_model"] else [
+            "- not bit for bit: each run is deterministic, but the two runtimes compute "
+            "in different processes (a Ray actor with `client_cpus` CPUs against a "
+            "`flwr-clientapp` process with torch's default threads), which can change the "
+            "order of float sums in training; not verified here which difference it is"]),
+        "", *rows, ""]
 
 
 def health(run_dir: Path) -> dict[str, int]:
