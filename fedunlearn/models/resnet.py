@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import nn
-from torchvision.models import ResNet, resnet18
+
+if TYPE_CHECKING:  # torchvision (and the torch._dynamo it pulls in) costs ~1.7 s to import:
+    from torchvision.models import ResNet  # only a node that builds this model pays it
 
 
 def build_resnet18(
@@ -33,6 +37,8 @@ def build_resnet18(
     torchvision.models.ResNet
         The freshly initialised model; parameter names are torchvision's.
     """
+    from torchvision.models import resnet18
+
     in_channels = in_shape[0]
     model = resnet18(weights=None, num_classes=num_classes)
     if small_input or in_channels != model.conv1.in_channels:

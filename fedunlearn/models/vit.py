@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from torch import nn
-from torchvision.models import VisionTransformer, vit_b_16
+
+if TYPE_CHECKING:  # torchvision costs ~1.7 s to import: only a ViT node pays it
+    from torchvision.models import VisionTransformer
 
 
 def _check_square_patches(name: str, in_shape: tuple[int, int, int], patch_size: int) -> None:
@@ -39,6 +42,8 @@ def build_vit_b16(in_shape: tuple[int, int, int], num_classes: int) -> VisionTra
     if in_shape[0] != 3:
         raise ValueError(f"vit_b16 takes 3-channel images, got in_shape={in_shape}")
     _check_square_patches("vit_b16", in_shape, 16)
+    from torchvision.models import vit_b_16
+
     return vit_b_16(weights=None, image_size=in_shape[-1], num_classes=num_classes)
 
 
@@ -76,6 +81,8 @@ def build_vit_tiny(
         raise ValueError(
             f"vit_tiny needs hidden_dim divisible by num_heads, got {hidden_dim} and {num_heads}"
         )
+    from torchvision.models import VisionTransformer
+
     model = VisionTransformer(
         image_size=side,
         patch_size=patch_size,
