@@ -6,9 +6,10 @@ One live federation of 6 rounds goes through the issue's cases in turn:
 - the class request is taken in at round 2; while it is being answered the ServerApp
   is killed (`kill -9`); the runtime submits the run again and it resumes from its
   checkpoint: one answer, one receipt, an intact chain;
-- after round 3 SuperNode 2 is killed; round 4 ends within `serve.round_timeout` with
-  the other two, and the node, restarted by the runtime (an authenticated SuperNode may
-  rejoin only once the SuperLink has seen its old process gone), trains again in round 6;
+- SuperNode 2 is killed as it picks up round 4's training message; round 4 ends within
+  `serve.round_timeout` with the other two, and the node, restarted by the runtime (an
+  authenticated SuperNode may rejoin only once the SuperLink has seen its old process
+  gone), trains again in round 6;
 - the receipt reaches node 1's outbox, verifies with the server's public key, and fails
   once a byte is edited; class 3 is never trained on after the answer.
 Every process group the test started is gone at the end.
@@ -57,6 +58,11 @@ def request_state(out, request_id):
             return ledger.get(request_id).state
         except Exception:  # not recorded yet
             return None
+
+
+def trains_received(log_path):
+    """How many training messages a SuperNode's log says it picked up."""
+    return log_path.read_text(errors="replace").count("Receiving: train message")
 
 
 def kill_serverapp(cluster):
@@ -114,6 +120,14 @@ def test_serve_answers_a_node_request_across_killed_processes(tmp_path, fedunlea
                   "the resumed run to answer")
             until(lambda: any(r["round"] == 3 for r in serve_rounds(out)), 600, "round 3")
             victim = clusters[0].services["supernode-2"]
+            # Mid-round: as soon as node 2 picks up round 4's training message (its
+            # ClientApp takes seconds to start and train), before it can reply.
+            seen = trains_received(victim.log_path)
+            deadline = time.monotonic() + 600
+            while trains_received(victim.log_path) == seen:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("timed out waiting for round 4 to reach node 2")
+                time.sleep(0.05)
             events["supernode"] = victim.proc.pid
             os.killpg(victim.proc.pid, signal.SIGKILL)
         except BaseException as exc:  # reported by the test thread
