@@ -153,7 +153,7 @@ class LiveFederation:
     def _ranks(self) -> dict[int, int]:
         return {node: pid for pid, node in self.roster.nodes.items()}
 
-    def _rejoin(self, ledger: Ledger) -> None:
+    def rejoin(self, ledger: Ledger) -> None:
         """Take in nodes that (re)connected since the last round (a restarted SuperNode
         has a new node id): they take part again from this round on, after being told
         again what their partition deleted."""
@@ -297,7 +297,7 @@ def serve(grid: Grid, settings: Job, federation: Federation, out_dir: Path) -> T
             # Nodes that restarted without durable state are told again what they deleted.
             live.tell(ledger, again=True)
         for rnd in range(resumed + 1, settings.serve_rounds + 1):
-            live._rejoin(ledger)
+            live.rejoin(ledger)
             if live.unsure:  # their last notice failed: again, whatever the ledger says
                 live.tell(ledger, {p: live.roster.nodes[p] for p in live.unsure}, again=True)
             live.tell(ledger)
