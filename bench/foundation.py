@@ -58,10 +58,11 @@ def run_cli(args: list[str], out: Path) -> tuple[float, dict, list[dict]]:
     return wall, summary, summary["history"]
 
 
-def reference_round(rounds: int) -> dict:
+def reference_round(rounds: int, overrides: tuple[str, ...] = ()) -> dict:
     """Per-round seconds of the clients' local training and the central evaluation,
-    sequentially in one process without Flower (the compute a round cannot avoid)."""
-    cfg = compose()
+    sequentially in one process without Flower (the compute a round cannot avoid),
+    for the default config with ``overrides``."""
+    cfg = compose(list(overrides))
     fed = build_federation(cfg)
     splits = fed.splits
     model = seeded_model(cfg.model.name, splits.num_classes, splits.in_shape, int(cfg.seed))

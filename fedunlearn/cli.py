@@ -28,6 +28,9 @@ commands:
   receipt  export a ledger's signed receipts, or verify a receipt and the chain
   certs    write a CA, the SuperLink's TLS certificate and SuperNode key pairs
            (see `fedunlearn certs -h` and docs/deployment-security.md)
+  node-executor
+           serve a SuperNode's messages (flower-supernode --isolation process) from
+           a pre-warmed parent: one forked process per message, torch imported once
 
 runtime=simulation (default) runs Flower's Ray simulation; runtime=deployment starts a
 local SuperLink and SuperNodes and runs the same apps over gRPC.
@@ -44,6 +47,7 @@ COMMANDS: dict[str, str] = {
     "forget": "fedunlearn.commands.forget:forget_command",
     "receipt": "fedunlearn.commands.receipt:receipt_command",
     "certs": "fedunlearn.commands.certs:certs_command",
+    "node-executor": "fedunlearn.commands.executor:executor_command",
 }
 
 

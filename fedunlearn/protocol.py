@@ -36,6 +36,7 @@ FOUND = "requests"   # ConfigRecord of a requests reply: key -> request JSON
 ACK = "ack"          # ConfigRecord of a requests poll: keys the ledger now holds
 DELETED = "deleted"  # ConfigRecord in a node's state: requests whose data it deleted
 SELF_CHECK = "self-check"  # MetricRecord of a delete reply: the node's check of a receipt
+TIMING = "timing"    # ConfigRecord of every reply: when its process started, the handler ran
 
 
 def curvature_key(part: str) -> str:

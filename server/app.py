@@ -7,6 +7,7 @@ config with :func:`make_server_app`. Both run :func:`run_job`.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from omegaconf import DictConfig
 from fedunlearn.config import compose, parse_overrides
 from fedunlearn.federation import build_federation
 from fedunlearn.settings import Job
+from server.grid import CollectingGrid
 from server.progress import setup_logging
 from server.training import TrainOutcome, train_global
 
@@ -33,16 +35,21 @@ def run_job(grid: Grid, cfg: DictConfig, out_dir: Path, job: str = "run") -> Tra
     federation = build_federation(cfg)
     setup_logging(settings.flower_log_level)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if job == "serve":
-        from server.serve import serve
+    grid = CollectingGrid(grid, float(cfg.runtime.get("collect_interval", 0.05)))
+    try:
+        if job == "serve":
+            from server.serve import serve
 
-        return serve(grid, settings, federation, out_dir)
-    outcome = train_global(grid, settings, federation, out_dir)
-    if job == "run":
-        from server.forgetting import forget_requested
+            return serve(grid, settings, federation, out_dir)
+        outcome = train_global(grid, settings, federation, out_dir)
+        if job == "run":
+            from server.forgetting import forget_requested
 
-        forget_requested(grid, outcome, out_dir)
-    return outcome
+            forget_requested(grid, outcome, out_dir)
+        return outcome
+    finally:
+        # Where each message's time went (bench/deployment reads it).
+        (out_dir / "messages.json").write_text(json.dumps(grid.timeline))
 
 
 app = ServerApp()

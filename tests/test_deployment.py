@@ -86,8 +86,10 @@ def overrides(tmp_path, *extra):
 
 
 def assert_all_stopped(groups, superlink_groups=2):
-    """Every group is empty; the SuperLink's list holds its own and its SuperExec's."""
-    assert set(groups) == {"superlink", "supernode-0", "supernode-1"}
+    """Every group is empty; the SuperLink's list holds its own and its SuperExec's.
+    Each SuperNode's warm executor (and its forkserver, in its group) is stopped too."""
+    assert set(groups) == {"superlink", "supernode-0", "supernode-1", "executor-0",
+                           "executor-1"}
     assert len(groups["superlink"]) == superlink_groups
     for pgids in groups.values():
         for pgid in pgids:
@@ -188,8 +190,9 @@ def test_superlink_killed_mid_run_is_restarted_and_the_job_finishes(tmp_path, mo
 
 @pytest.mark.integration
 def test_run_timeout_stops_the_run_and_every_process(tmp_path):
-    # Five rounds cannot finish in 30 s (a deployment round takes >= 15 s).
-    args = overrides(tmp_path, "train.rounds=5", "runtime.run_timeout=30")
+    # Forty rounds cannot finish in 30 s (a deployment round takes >= 3 s: the
+    # SuperNode's 3 s idle sleep; the ServerApp alone starts in about 10 s).
+    args = overrides(tmp_path, "train.rounds=40", "runtime.run_timeout=30")
     with pytest.raises(DeploymentError, match=r"did not finish within 30 s") as info:
         deploy(compose(args), args, tmp_path / "out", job="train")
     assert "\n" not in str(info.value)

@@ -25,6 +25,7 @@ import logging
 import os
 import stat
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -156,12 +157,19 @@ class LocalCluster:
                 log_file.flush()
             proc = subprocess.Popen(
                 argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=service_env(self.home), start_new_session=True,
+                env=self._env(), start_new_session=True,
             )
         service = Service(name, argv, port, proc, log_path)
         self.services[name] = service
         self.groups.setdefault(name, []).append(proc.pid)
         return service
+
+    def _env(self) -> dict[str, str]:
+        """Every service's environment; the SuperExecs Flower starts (the SuperLink's,
+        and a stock SuperNode's) poll for tasks every ``runtime.task_poll_interval`` s."""
+        env = service_env(self.home)
+        env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = str(float(self.runtime.task_poll_interval))
+        return env
 
     def _adopt(self, service: Service, wait: float = 0.0) -> None:
         """Record the process groups ``service``'s children detached (the SuperLink's
@@ -228,13 +236,33 @@ class LocalCluster:
         security = (["--root-certificates", str(creds.ca_cert),
                      "--auth-supernode-private-key", str(creds.node_key(i))]
                     if self.secure else ["--insecure"])
+        # The warm executor takes the place of the SuperExec the node would start.
+        isolation = ["--isolation", "process"] if self.warm else []
         return [
-            "flower-supernode", *security,
+            "flower-supernode", *security, *isolation,
             "--superlink", self.control_address,
             "--host", str(rt.host), "--port", str(rt.clientappio_base_port + i),
             # Node-config values are TOML: a path must be a quoted string.
             "--node-config", f'partition-id={i} num-partitions={self.num_nodes} '
                              f'outbox="{self.outbox(i)}"',
+        ]
+
+    @property
+    def warm(self) -> bool:
+        """Whether SuperNodes run their messages in the warm executor (``runtime.executor``)."""
+        kind = str(self.runtime.get("executor", "stock"))
+        if kind not in ("warm", "stock"):
+            raise DeploymentError(f"runtime.executor must be 'warm' or 'stock', got '{kind}'")
+        return kind == "warm"
+
+    def _executor_argv(self, i: int) -> list[str]:
+        """``fedunlearn node-executor`` beside SuperNode ``i`` (its Runtime API is plain
+        HTTP on the node's loopback, as with Flower's own SuperExec)."""
+        rt = self.runtime
+        return [
+            str(Path(sys.executable).parent / "fedunlearn"), "node-executor", "--insecure",
+            "--runtime-api-address", f"{rt.host}:{int(rt.clientappio_base_port) + i}",
+            "--poll-interval", str(float(rt.task_poll_interval)),
         ]
 
     def start(self) -> LocalCluster:
@@ -265,6 +293,9 @@ class LocalCluster:
             for i in range(self.num_nodes):
                 self._spawn(f"supernode-{i}", self._supernode_argv(i),
                             int(rt.clientappio_base_port) + i)
+                if self.warm:
+                    self._spawn(f"executor-{i}", self._executor_argv(i),
+                                int(rt.clientappio_base_port) + i)
         self._watcher = threading.Thread(target=self._watch, name="fedunlearn-watcher",
                                          daemon=True)
         self._watcher.start()

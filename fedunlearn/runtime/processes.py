@@ -181,6 +181,9 @@ def service_env(flwr_home: Path) -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # Flower sends usage events to its servers unless told not to: a private
+    # federation does not phone home (and every process exit would wait on it offline).
+    env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     return env
 
 

@@ -1,0 +1,151 @@
+"""Deployment round time and overhead: Flower's stock setup against the project's.
+
+For each number of SuperNodes (2, 5, 10 by default), one after the other in one run,
+the same training (`fedunlearn train runtime=deployment`, embedded MNIST, NoT CNN,
+TLS and node authentication) runs twice on this machine:
+
+- ``stock``: Flower 1.42 as shipped: its SuperExec starts a fresh ``flwr-clientapp``
+  interpreter per message and polls every 1 s; the ServerApp's Grid pulls replies
+  every 3 s (``runtime.executor=stock runtime.task_poll_interval=1
+  runtime.collect_interval=3``);
+- ``project``: the defaults: the warm executor (one forked process per message from a
+  parent that imported torch once), polls every 0.05 s, replies collected every 0.05 s.
+
+Round time is the median of the rounds after the first. Overhead = round time - the
+same compute without Flower (every client's local training one after another, plus the
+central evaluation, in one process: ``bench/foundation.py``'s reference). Each training
+message's life is split from the server's timeline (``messages.json``: pushed and
+collected) and the node's ``timing`` record: pickup (push to the handling process's
+start), process start (to the handler), compute (the handler) and reply (handler end
+to collection on the server).
+
+Usage: ``.venv/bin/python bench/deployment/run.py [--nodes 2 5 10] [--rounds 4]``;
+writes ``bench/deployment/results.json`` and ``bench/deployment/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from bench.foundation import reference_round  # noqa: E402
+from fedunlearn.runtime.processes import free_ports  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+SETUPS = {
+    "stock": ["runtime.executor=stock", "runtime.task_poll_interval=1.0",
+              "runtime.collect_interval=3.0"],
+    "project": [],
+}
+PHASES = ("pickup", "process_start", "compute", "reply")
+TARGETS = {2: 2.0, 10: 5.0}
+
+
+def phases(entry: dict) -> dict[str, float]:
+    """One message's life in seconds (see the module docstring)."""
+    return {"pickup": entry["process-start"] - entry["pushed"],
+            "process_start": entry["handler-start"] - entry["process-start"],
+            "compute": entry["handler-end"] - entry["handler-start"],
+            "reply": entry["collected"] - entry["handler-end"]}
+
+
+def run_setup(setup: str, nodes: int, rounds: int, out: Path) -> dict:
+    """Train ``rounds`` rounds over ``nodes`` SuperNodes with ``setup``; its numbers."""
+    link, base = free_ports(2)
+    args = ["runtime=deployment", f"num_clients={nodes}", f"train.rounds={rounds}",
+            f"runtime.superlink_port={link}", f"runtime.clientappio_base_port={base}",
+            *SETUPS[setup], f"hydra.run.dir={out}", f"cache_dir={out / 'cache'}",
+            "reuse_trained=false"]
+    started = time.perf_counter()
+    done = subprocess.run([str(BIN / "fedunlearn"), "train", *args], capture_output=True,
+                          text=True, cwd=ROOT)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{setup} with {nodes} nodes failed:\n{done.stderr[-3000:]}")
+    history = json.loads((out / "train.json").read_text())["history"]
+    secs = [r["seconds"] for r in history]
+    timeline = [e for e in json.loads((out / "messages.json").read_text())
+                if e["type"] == "train" and "process-start" in e]
+    later = timeline[nodes:] or timeline  # round 1 pays the FAB install and warm-up
+    split = {k: statistics.median(phases(e)[k] for e in later) for k in PHASES}
+    return {"setup": setup, "nodes": nodes, "rounds": rounds, "wall_seconds": wall,
+            "first_round_seconds": secs[0], "round_seconds": statistics.median(secs[1:]),
+            "round_seconds_all": secs, "message_phases_median": split,
+            "test_accuracy": history[-1]["evaluation"]["test_accuracy"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, nargs="+", default=[2, 5, 10])
+    parser.add_argument("--rounds", type=int, default=4)
+    args = parser.parse_args()
+    rows, references = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for nodes in args.nodes:
+            ref = reference_round(2, (f"num_clients={nodes}",))
+            references[nodes] = ref
+            compute = ref["train_seconds"] + ref["eval_seconds"]
+            for setup in SETUPS:
+                row = run_setup(setup, nodes, args.rounds, Path(tmp) / f"{setup}-{nodes}")
+                row["compute_seconds"] = compute
+                row["overhead_seconds"] = row["round_seconds"] - compute
+                rows.append(row)
+                print(f"{setup:8s} {nodes:3d} nodes: round {row['round_seconds']:.2f} s, "
+                      f"overhead {row['overhead_seconds']:.2f} s", flush=True)
+    result = {
+        "command": "python bench/deployment/run.py --nodes "
+                   + " ".join(map(str, args.nodes)) + f" --rounds {args.rounds}",
+        "machine": {"node": platform.node(), "cpu_count": os.cpu_count(),
+                    "processor": platform.machine(), "python": platform.python_version()},
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "references": references,
+        "rows": rows,
+    }
+    (HERE / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    (HERE / "RESULTS.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+def markdown(r: dict) -> str:
+    """The committed results page."""
+    m = r["machine"]
+    lines = [
+        "# Deployment round time: stock Flower against the project's setup", "",
+        f"Command: `{r['command']}` (from the repository root, with the project's venv).",
+        f"Machine: {m['cpu_count']} CPU cores ({m['processor']}), no GPU, Python "
+        f"{m['python']}; {r['date']}. Every process on this one machine; TLS and node "
+        "authentication on.", "",
+        "| setup | nodes | round (median, s) | compute without Flower (s) | overhead (s) "
+        "| target | pickup | process start | compute in handler | reply | test acc. |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in r["rows"]:
+        p = row["message_phases_median"]
+        target = TARGETS.get(row["nodes"])
+        verdict = ("-" if target is None or row["setup"] == "stock" else
+                   f"<= {target:.0f} s: {'met' if row['overhead_seconds'] <= target else 'missed'}")
+        lines.append(
+            f"| {row['setup']} | {row['nodes']} | {row['round_seconds']:.2f} | "
+            f"{row['compute_seconds']:.2f} | {row['overhead_seconds']:.2f} | {verdict} | "
+            f"{p['pickup']:.2f} | {p['process_start']:.2f} | {p['compute']:.2f} | "
+            f"{p['reply']:.2f} | {100 * row['test_accuracy']:.1f} % |")
+    lines += ["", "The four phases are medians over the training messages of the rounds "
+              "(seconds, one message each); they overlap across nodes, so they do not add "
+              "up to the round.", ""]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
