@@ -9,6 +9,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -42,11 +43,64 @@ def _supernodes(compose: dict) -> dict[str, dict]:
     return {n: s for n, s in compose["services"].items() if n.startswith("supernode-")}
 
 
+CREDS = Path("/srv/certs/federation")
+
+
 def test_services(compose: dict) -> None:
     names = set(compose["services"])
-    assert {"superlink", "submit"} <= names
+    assert {"certs", "superlink", "register", "submit"} <= names
     assert len(_supernodes(compose)) >= 2
-    assert names == {"superlink", "submit", *_supernodes(compose)}
+    assert names == {"certs", "superlink", "register", "submit", *_supernodes(compose)}
+
+
+def test_certs_are_made_once_for_every_node(compose: dict, tmp_path: Path) -> None:
+    """The one-shot `certs` writes the credentials on first start and keeps them after."""
+    certs = compose["services"]["certs"]
+    assert certs["restart"] == "no"
+    script = _argv(certs)[2]
+    assert _argv(certs)[:2] == ["sh", "-c"]
+    command = shlex.split(script.split("||", 1)[1])
+    assert command[:3] == ["fedunlearn", "certs", str(CREDS)]
+    assert int(_option(command, "--nodes")) == len(_supernodes(compose))
+    assert "superlink" in _option(command, "--names").split(",")  # how containers reach it
+    assert "127.0.0.1" in _option(command, "--addresses").split(",")  # its own SuperExec
+    # Run for real into a temporary folder, twice: the second start keeps the first's.
+    local = script.replace(str(CREDS), str(tmp_path / "federation")).replace(
+        "fedunlearn certs", f"{Path(sys.executable).parent / 'fedunlearn'} certs")
+    assert subprocess.run(["sh", "-c", local]).returncode == 0
+    ca = (tmp_path / "federation" / "ca.crt").read_bytes()
+    assert subprocess.run(["sh", "-c", local]).returncode == 0
+    assert (tmp_path / "federation" / "ca.crt").read_bytes() == ca
+    assert (tmp_path / "federation").stat().st_mode & 0o777 == 0o700
+    # Every other service mounts them read-only.
+    for name, service in compose["services"].items():
+        if name != "certs":
+            assert "certs:/srv/certs:ro" in service["volumes"], name
+
+
+def test_register_registers_every_node_key(compose: dict, tmp_path: Path,
+                                           monkeypatch) -> None:
+    from fedunlearn.runtime import flwr_cli
+
+    register = compose["services"]["register"]
+    assert register["depends_on"]["superlink"]["condition"] == "service_healthy"
+    for name, node in _supernodes(compose).items():
+        assert node["depends_on"]["register"]["condition"] == \
+            "service_completed_successfully", name
+    keys = tmp_path / "federation"
+    keys.mkdir()
+    for k in range(len(_supernodes(compose))):
+        (keys / f"supernode-{k}.pub").write_text("key")
+    calls = []
+    monkeypatch.setattr(flwr_cli, "register_node",
+                        lambda home, key, connection: calls.append((key.name, connection)))
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "home"))
+    exec(_argv(register)[2].replace(str(CREDS), str(keys)), {"__name__": "__main__"})
+    assert calls == [(f"supernode-{k}.pub", "docker")
+                     for k in range(len(_supernodes(compose)))]
+    connection = tomllib.loads((tmp_path / "home" / "config.toml").read_text())
+    assert connection["superlink"]["docker"] == {
+        "address": LINK, "root-certificates": str(keys / "ca.crt")}
 
 
 def test_every_service_builds_the_one_image(compose: dict) -> None:
@@ -75,7 +129,12 @@ def test_superlink(compose: dict) -> None:
     prepare, argv = _superlink_command(link)
     assert subprocess.run(["sh", "-n", "-c", _argv(link)[2]]).returncode == 0  # valid sh
     assert argv[0] == "flower-superlink"
-    assert "--insecure" in argv
+    # TLS and SuperNode authentication, with the `certs` service's files.
+    assert "--insecure" not in argv and "--enable-supernode-auth" in argv
+    assert _option(argv, "--ssl-ca-certfile") == str(CREDS / "ca.crt")
+    assert _option(argv, "--ssl-certfile") == str(CREDS / "superlink.crt")
+    assert _option(argv, "--ssl-keyfile") == str(CREDS / "superlink.key")
+    assert link["depends_on"]["certs"]["condition"] == "service_completed_successfully"
     assert "--disable-runtime-dependency-installation" in argv
     assert _option(argv, "--host") == "0.0.0.0"
     assert _option(argv, "--port") == LINK.split(":")[1]
@@ -96,7 +155,8 @@ def test_restart_policies(compose: dict) -> None:
     services = compose["services"]
     for name in ("superlink", *_supernodes(compose)):
         assert services[name]["restart"] == "unless-stopped", name
-    assert services["submit"]["restart"] == "no"  # a one-shot job must not loop
+    for name in ("certs", "register", "submit"):
+        assert services[name]["restart"] == "no", name  # a one-shot job must not loop
 
 
 def test_supernodes(compose: dict) -> None:
@@ -105,13 +165,17 @@ def test_supernodes(compose: dict) -> None:
     for name, node in nodes.items():
         argv = _argv(node)
         assert argv[0] == "flower-supernode"
-        assert "--insecure" in argv
+        assert "--insecure" not in argv
+        assert _option(argv, "--root-certificates") == str(CREDS / "ca.crt")
         assert _option(argv, "--superlink") == LINK
         assert _option(argv, "--host") == "0.0.0.0"
         # Parsed as flower-supernode parses it (values are TOML: paths must be quoted).
         config = parse_config_args([_option(argv, "--node-config")])
         assert config["num-partitions"] == len(nodes), name
         assert name == f"supernode-{config['partition-id']}"
+        # Its own key: the one `register` registered for this partition.
+        assert _option(argv, "--auth-supernode-private-key") == \
+            str(CREDS / f"supernode-{config['partition-id']}.key")
         partitions.append(config["partition-id"])
         # The outbox lies on the node's own named volume, so it survives restarts.
         mounts = dict(volume.split(":", 1) for volume in node["volumes"])
@@ -172,7 +236,8 @@ def test_submit_script_runs(compose: dict, tmp_path: Path, monkeypatch, capsys,
         exec(_argv(compose["services"]["submit"])[2], {"__name__": "__main__"})
     assert exit_info.value.code == (0 if status == "finished:completed" else 1)
     connections = tomllib.loads((tmp_path / "config.toml").read_text())["superlink"]
-    assert connections["docker"] == {"address": LINK, "insecure": True}
+    assert connections["docker"] == {"address": LINK,
+                                     "root-certificates": str(CREDS / "ca.crt")}
     ((home, run_config, connection),) = calls
     assert (home, connection, run_config["job"]) == (tmp_path, "docker", "train")
     assert run_config["overrides"] == "num_clients=2 train.rounds=1 cache_dir=/srv/fedunlearn/cache"
