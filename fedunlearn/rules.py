@@ -233,6 +233,10 @@ def rules() -> dict[str, Rule]:
         "runtime.resubmits": _int(0, when=deployment),
         "runtime.superlink_timeout": _num(0, low_open=True, when=deployment),
         "runtime.run_timeout": _num(0, low_open=True, when=deployment),
+        "runtime.executor": _one_of(("warm", "stock"), when=deployment),
+        "runtime.task_poll_interval": _num(0.01, 60, when=deployment),
+        "runtime.node_threads": _int(1, null=True, when=deployment),
+        "runtime.collect_interval": _num(0, 60, low_open=True),
         "attack.name": _one_of(group_options("attack"), noun="attack"),
         "attack.client": _int(0, when=backdoor),
         "attack.fraction": _num(0, 1, low_open=True, when=backdoor),
@@ -274,6 +278,7 @@ def rules() -> dict[str, Rule]:
         "unlearn.curvature.mc_samples": _int(1),
         "unlearn.curvature.hutchinson_samples": _int(1),
         "unlearn.curvature.min_replies": _int(1),
+        "unlearn.curvature.retain_samples": _int(0),
     }
     return table
 

@@ -55,6 +55,10 @@ class CurvatureEstimation:
     mc_samples: int
     hutchinson_samples: int
     min_replies: int
+    # Retained samples per client its h_r is estimated from (0: all). h_r is a mean, so
+    # a sample estimates it; the client still reports its full retained count, which
+    # weights its h_r in Eq. 30.
+    retain_samples: int = 0
 
 
 @dataclass(frozen=True)
