@@ -142,9 +142,43 @@ def markdown(r: dict) -> str:
             f"{p['pickup']:.2f} | {p['process_start']:.2f} | {p['compute']:.2f} | "
             f"{p['reply']:.2f} | {100 * row['test_accuracy']:.1f} % |")
     lines += ["", "The four phases are medians over the training messages of the rounds "
-              "(seconds, one message each); they overlap across nodes, so they do not add "
-              "up to the round.", ""]
+              "after the first (seconds, one message each); they overlap across nodes, so "
+              "they do not add up to the round. Compute without Flower is every client's "
+              "local training one after another plus the central evaluation, in one "
+              "process with all cores; in deployment the nodes train at once, each with "
+              "its share of the cores (`runtime.node_threads`).", "", FLOORS]
     return "\n".join(lines) + "\n"
+
+
+FLOORS = """## What Flower's fixed waits leave (flwr 1.42.0, lines of the installed package)
+
+The project's setup removes what a deployment can change: the interpreter start and
+imports of every message (warm executor), the SuperExec's 1 s task poll
+(`supercore/superexec/run_superexec.py:51`, `_DEFAULT_TASK_POLL_INTERVAL_SECONDS = 1.0`,
+set with `FLWR_SUPEREXEC_TASK_POLL_INTERVAL`) and the ServerApp Grid's 3 s pull
+(`superlink/grid/http_grid.py:412`, `time.sleep(3)` in `send_and_receive`, replaced by
+`server/grid.py`'s collection over `push_messages`/`pull_messages`). What stays is inside
+the SuperNode and the object transfer, which no setting reaches:
+
+- **pickup**: a SuperNode that pulled nothing sleeps 3 s before it pulls again
+  (`supernode/start_client_internal.py:263`, `time.sleep(3)`). After replying, a node
+  pulls at once, finds the next round not yet sent (the server still waits for the other
+  nodes, aggregates and evaluates) and sleeps: every round's pickup waits up to 3 s,
+  most of it in practice.
+- **reply**: the SuperNode waits for its client app's reply in 0.5 s steps
+  (`supernode/start_client_internal.py:470`, `time.sleep(0.5)`).
+- **object backoff, twice a message**: a message's arrays travel as objects after the
+  message itself. The SuperNode creates the task (line 388) before it pulls the
+  message's objects (line 415), and the SuperLink holds a reply before the node has
+  pushed its objects; a client app or a ServerApp that asks in between waits
+  `PULL_INITIAL_BACKOFF = 1` s (`supercore/constant.py:48`) before it asks again. Fast
+  polling meets that window more often, so part of what it saves comes back here.
+
+Together that is about 1.5-3 s of pickup, up to 0.5 s of reply wait and 0-2 s of
+backoff a round, whatever the executor: a floor of roughly 2.5-5 s on this machine,
+above the 2 s target at 2 nodes. Going lower means changing those constants inside
+Flower (a patched SuperNode), which this project does not ship.
+"""
 
 
 if __name__ == "__main__":
