@@ -92,6 +92,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
     rows, references = [], {}
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         for nodes in args.nodes:
             ref = reference_round(2, (f"num_clients={nodes}",))
@@ -110,6 +111,7 @@ def main() -> None:
         "machine": {"node": platform.node(), "cpu_count": os.cpu_count(),
                     "processor": platform.machine(), "python": platform.python_version()},
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "references": references,
         "rows": rows,
     }
@@ -126,7 +128,11 @@ def markdown(r: dict) -> str:
         f"Command: `{r['command']}` (from the repository root, with the project's venv).",
         f"Machine: {m['cpu_count']} CPU cores ({m['processor']}), no GPU, Python "
         f"{m['python']}; {r['date']}. Every process on this one machine; TLS and node "
-        "authentication on.", "",
+        "authentication on. 1/5/15-minute load average before "
+        f"{[round(x, 2) for x in r['load_average_before']]}, after "
+        f"{[round(x, 2) for x in r['load_average_after']]} (other jobs shared the machine "
+        "when they are above 2; stock and project ran one after the other at each size, "
+        "under the same load).", "",
         "| setup | nodes | round (median, s) | compute without Flower (s) | overhead (s) "
         "| target | pickup | process start | compute in handler | reply | test acc. |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
