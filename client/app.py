@@ -8,6 +8,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -17,6 +18,7 @@ from client.modes import MODES, Local
 from client.node import (
     NodeView,
     TrainOrder,
+    check_own_files,
     node_outbox,
     node_view,
     partition_id,
@@ -38,7 +40,9 @@ def nodeinfo(msg: Message, context: Context) -> Message:
     """Tell the server which partition this node holds, how many training samples it
     has (when the query carries the run's config) and where it computes.
 
-    The server refuses any later reply that claims more examples than this.
+    The server refuses any later reply that claims more examples than this. It sends
+    this query first, so a node with a malformed ``data-dir`` is refused here, with
+    one line (Flower gives a ClientApp no start hook).
     """
     info = ConfigRecord(
         {
@@ -49,7 +53,10 @@ def nodeinfo(msg: Message, context: Context) -> Message:
     )
     if P.CONFIG in msg.content.config_records:
         view = node_view(msg, context)
-        info[P.NUM_TRAIN_EXAMPLES] = len(view.federation.train_ids[view.partition_id])
+        info[P.NUM_TRAIN_EXAMPLES] = len(view.train_ids)
+        info[P.OWN_DATA] = int(view.own is not None)
+    else:
+        check_own_files(context)
     return Message(RecordDict({P.INFO: info}), reply_to=msg)
 
 
@@ -155,6 +162,11 @@ def _ball(view: NodeView, model: torch.nn.Module,
     return project_to_ball(center, share * distance(center, random))
 
 
+def sample_ids(count: int, size: int, seed: int) -> np.ndarray:
+    """``size`` of ``range(count)``, drawn without replacement by ``seed``, sorted."""
+    return np.sort(np.random.default_rng(seed).choice(count, size=size, replace=False))
+
+
 @app.query(P.CURVATURE)
 def curvature(msg: Message, context: Context) -> Message:
     """Diagonal curvature of the mean loss on this node's forget and retained parts.
@@ -187,6 +199,11 @@ def curvature(msg: Message, context: Context) -> Message:
         for part in ("forget", "retain"):
             data = view.local_data(part, request)
             counts[P.count_key(part)] = len(data)
+            if part == "retain" and 0 < settings.retain_samples < len(data):
+                # h_r is a mean: a seeded sample estimates it; the count stays the
+                # full one, which weights this client's h_r on the server (Eq. 30).
+                data = data.subset(sample_ids(len(data), settings.retain_samples,
+                                              view.settings.seed + view.partition_id))
             if len(data):
                 diag = diagonal_curvature(
                     model, data.images, data.labels, estimator=settings.estimator,
@@ -259,7 +276,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     view = node_view(msg, context)
     model = view.model()
     _load(model, msg.content.array_records[P.ARRAYS])
-    data = view.federation.client_val(view.partition_id)
+    data = view.validation()
     config = msg.content.config_records.get(P.CONFIG, ConfigRecord())
     if config.get(P.REQUEST):
         from fedunlearn.requests import parse_requests

@@ -1,5 +1,9 @@
 """What a client node knows: its partition, its device, its local data and model, and
-which requests' forget data it has deleted (its state, and its outbox when it has one)."""
+which requests' forget data it has deleted (its state, and its outbox when it has one).
+
+Its local data are its demo partition of the run's data set, or, with ``data-dir`` in
+its node config, its own files (:mod:`fedunlearn.data.nodefiles`); ``partition-id``
+names the client either way (requests name clients by it)."""
 
 from __future__ import annotations
 
@@ -16,10 +20,20 @@ from flwr.app import ConfigRecord, Context, Message
 from fedunlearn import protocol as P
 from fedunlearn.config import ConfigError, from_payload
 from fedunlearn.data import ImageData
+from fedunlearn.data.nodefiles import (
+    NodeData,
+    load_node_data,
+    node_split,
+    own_forget_ids,
+    read_node_files,
+)
 from fedunlearn.federation import Federation, build_federation
 from fedunlearn.outbox import Outbox
-from fedunlearn.requests import ForgetRequest
+from fedunlearn.requests import ForgetRequest, parse_requests
 from fedunlearn.settings import Job, Training
+
+# The node config key naming the node's own data folder.
+DATA_DIR = "data-dir"
 
 
 @dataclass(frozen=True)
@@ -32,21 +46,39 @@ class NodeView:
     device: torch.device
     # Requests (JSON) whose forget data this node has deleted: never trained on again.
     deleted: tuple[str, ...] = ()
+    # The node's own files (node config ``data-dir``); None: its demo partition.
+    own: NodeData | None = None
 
     def model(self) -> torch.nn.Module:
         """A fresh model of the configured architecture on this node's device."""
         return self.settings.build_model(self.federation).to(self.device)
 
+    @property
+    def train_ids(self) -> np.ndarray:
+        """This node's training ids: of its own files, or of its partition."""
+        if self.own is not None:
+            return self.own.train_ids
+        return self.federation.train_ids[self.partition_id]
+
+    def validation(self) -> ImageData:
+        """This node's validation data: its own files' split, or its partition's."""
+        if self.own is not None:
+            return self.own.validation()
+        return self.federation.client_val(self.partition_id)
+
     def forget_ids(self, request_json: str) -> np.ndarray:
         """This client's training ids that ``request_json`` asks to forget (maybe none)."""
         if not request_json:
             return np.empty(0, dtype=np.int64)
+        if self.own is not None:
+            return own_forget_ids(parse_requests(request_json), self.partition_id,
+                                  self.own.train_ids, self.own.data.labels.numpy())
         return _forget_ids(self.federation, request_json, self.partition_id)
 
     def local_data(self, which: str, request_json: str = "") -> ImageData:
         """This client's training data: ``all``, ``retain`` (all but the forget ids) or
         ``forget`` (the forget ids only), without the samples of requests it deleted."""
-        ids = self.federation.train_ids[self.partition_id]
+        ids = self.train_ids
         for gone in self.deleted:
             ids = np.setdiff1d(ids, self.forget_ids(gone))
         if which == "all":
@@ -56,7 +88,8 @@ class NodeView:
             chosen = np.setdiff1d(ids, forget) if which == "retain" else forget
         else:
             raise ConfigError(f"unknown data selection '{which}'; known: all, retain, forget")
-        return self.federation.splits.train.subset(chosen)
+        samples = self.own.data if self.own is not None else self.federation.splits.train
+        return samples.subset(chosen)
 
 
 def _forget_ids(federation: Federation, request_json: str, client: int) -> np.ndarray:
@@ -136,8 +169,27 @@ def node_view(msg: Message, context: Context) -> NodeView:
     cfg = from_payload(str(config[P.PAYLOAD]))
     settings = Job.from_config(cfg)
     pid = partition_id(context, settings.num_clients)
-    return NodeView(settings, pid, build_federation(cfg), settings.torch_device(),
-                    deleted_requests(context))
+    federation = build_federation(cfg)
+    own = None
+    if DATA_DIR in context.node_config:
+        # Checked against the run here: its classes, input shape and normalization.
+        own = load_node_data(str(context.node_config[DATA_DIR]), federation.splits,
+                             cfg.dataset.get("image_size"))
+    return NodeView(settings, pid, federation, settings.torch_device(),
+                    deleted_requests(context), own)
+
+
+def check_own_files(context: Context) -> None:
+    """Check the node's own data folder, if it has one, before any run config is known:
+    its format and its kept split (classes and shape are checked by :func:`node_view`).
+
+    Raises
+    ------
+    NodeDataError
+        A malformed folder or a changed data set (one line).
+    """
+    if DATA_DIR in context.node_config:
+        node_split(read_node_files(str(context.node_config[DATA_DIR])))
 
 
 # ---- what the node deleted: its state, and its outbox file when it has one -----------

@@ -80,7 +80,7 @@ def self_check(view: NodeView, request_json: str, receipt: dict[str, Any],
         features = sample_features(logits, forget.labels)
         check["forget-accuracy"] = accuracy(logits, forget.labels)
         check["forget-loss"] = float(features[:, 0].mean())  # column 0: per-sample loss
-        val = view.federation.client_val(view.partition_id)
+        val = view.validation()
         if len(val):
             val_logits = predict_logits(model, val.images, batch_size=batch, device=view.device)
             mia = mia_attack(features, sample_features(val_logits, val.labels),
@@ -107,7 +107,7 @@ def _attack_success(view: NodeView, model: torch.nn.Module) -> float | None:
     """Percent of this node's triggered validation images the model sends to the
     backdoor's target; None when the run has no backdoor or no non-target image."""
     attack = view.settings.backdoor
-    val = view.federation.client_val(view.partition_id)
+    val = view.validation()
     if attack is None or not bool((val.labels != attack.target).any()):
         return None
     metrics = backdoor_metrics(

@@ -7,13 +7,14 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-from client.app import curvature, delete, train
+from client.app import curvature, delete, sample_ids, train
 from client.node import node_view
 from fedunlearn import protocol as P
 from fedunlearn.config import compose, to_payload
 from fedunlearn.federation import build_federation
 from fedunlearn.models import seeded_model
 from fedunlearn.requests import scenario_request
+from fedunlearn.unlearning.curvature import diagonal_curvature
 
 CFG = compose(["dataset=digits", "num_clients=2", "model=cnn_nonorm",
                "unlearn.curvature.estimator=diag_ggn_exact"])
@@ -25,10 +26,10 @@ def context(pid=0):
                    state=RecordDict(), run_config={})
 
 
-def message(kind, **config):
-    splits = build_federation(CFG).splits
+def message(kind, cfg=CFG, **config):
+    splits = build_federation(cfg).splits
     model = seeded_model("cnn_nonorm", splits.num_classes, splits.in_shape, 0)
-    record = ConfigRecord({P.PAYLOAD: to_payload(CFG), P.REQUEST: REQUEST.to_json(), **config})
+    record = ConfigRecord({P.PAYLOAD: to_payload(cfg), P.REQUEST: REQUEST.to_json(), **config})
     return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": record}),
                    message_type=kind, dst_node_id=5)
 
@@ -56,6 +57,34 @@ def test_curvature_counts_and_shapes_then_refusal_after_deletion():
     assert other.metric_records["metrics"]["n-forget"] == 0
     assert other.metric_records["metrics"]["n-retain"] == len(fed.train_ids[1])
     assert "h-forget" not in other.array_records
+
+
+def test_retained_curvature_from_a_sample_keeps_the_full_count():
+    sampled = compose(["dataset=digits", "num_clients=2", "model=cnn_nonorm",
+                       "unlearn.curvature.estimator=diag_ggn_exact",
+                       "unlearn.curvature.retain_samples=40"])
+    msg = message("query.curvature", sampled)
+    reply = curvature(msg, context()).content
+    full = curvature(message("query.curvature"), context()).content
+    # The count weighs this client's h_r on the server (Eq. 30): the full one.
+    assert reply.metric_records["metrics"]["n-retain"] == \
+        full.metric_records["metrics"]["n-retain"] > 40
+    # h_r is the exact diagonal over the seeded sample of 40 retained samples...
+    view = node_view(msg, context())
+    retain = view.local_data("retain", REQUEST.to_json())
+    chosen = retain.subset(sample_ids(len(retain), 40, view.settings.seed + 0))
+    model = view.model()
+    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+    expected = diagonal_curvature(model, chosen.images, chosen.labels,
+                                  estimator="diag_ggn_exact", batch_size=64, device="cpu",
+                                  seed=0)
+    got = reply.array_records["h-retain"].to_torch_state_dict()
+    assert all(torch.allclose(got[k], expected[k], rtol=1e-5, atol=1e-12) for k in expected)
+    # ... not the one over all of them; the forget part is untouched.
+    whole = full.array_records["h-retain"].to_torch_state_dict()
+    assert not all(torch.allclose(got[k], whole[k]) for k in whole)
+    assert all(torch.equal(v, full.array_records["h-forget"].to_torch_state_dict()[k])
+               for k, v in reply.array_records["h-forget"].to_torch_state_dict().items())
 
 
 def test_trim_mask_keeps_frozen_entries_on_the_client():

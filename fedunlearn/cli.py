@@ -26,6 +26,8 @@ commands:
            (serve.method, default NoT), the answer's model served from then on
   forget   record a forget request on a client machine (see `fedunlearn forget -h`)
   receipt  export a ledger's signed receipts, or verify a receipt and the chain
+  data     list or check a SuperNode's own data folder (node config data-dir):
+           `fedunlearn data ids|check --data-dir DIR`
   certs    write a CA, the SuperLink's TLS certificate and SuperNode key pairs
            (see `fedunlearn certs -h` and docs/deployment-security.md)
   node-executor
@@ -47,6 +49,7 @@ COMMANDS: dict[str, str] = {
     "forget": "fedunlearn.commands.forget:forget_command",
     "receipt": "fedunlearn.commands.receipt:receipt_command",
     "certs": "fedunlearn.commands.certs:certs_command",
+    "data": "fedunlearn.commands.data:data_command",
     "node-executor": "fedunlearn.commands.executor:executor_command",
 }
 

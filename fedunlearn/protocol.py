@@ -63,6 +63,7 @@ DATA_SELECTIONS = ("all", "retain", "forget")
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
 NUM_TRAIN_EXAMPLES = "num-train-examples"
+OWN_DATA = "own-data"  # nodeinfo: 1 when the node trains on its own files (node config data-dir)
 DEVICE = "device"
 
 # ---- metrics -------------------------------------------------------------------------

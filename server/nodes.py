@@ -26,12 +26,15 @@ class Roster:
 
     ``sizes`` lacks a partition whose node did not report its size. ``seen`` holds
     the node ids that reported a partition, taken or not, and the ids replaced by
-    a newer node: :func:`refresh` does not ask them again.
+    a newer node: :func:`refresh` does not ask them again. ``own`` holds the
+    partitions whose nodes train on their own files (node config ``data-dir``): the
+    server cannot derive their sizes, so their reported sizes stand.
     """
 
     nodes: dict[int, int]
     sizes: dict[int, int]
     seen: frozenset[int] = frozenset()
+    own: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class _Claim:
     node: int
     partition: int
     size: int | None
+    own: bool = False
 
 
 def discover_partitions(
@@ -75,6 +79,7 @@ def discover_partitions(
     deadline = time.monotonic() + timeout
     nodes: dict[int, int] = {}
     sizes: dict[int, int] = {}
+    own: set[int] = set()
     asked: set[int] = set()
     while True:
         fresh = sorted(set(grid.get_node_ids()) - asked)
@@ -91,9 +96,12 @@ def discover_partitions(
                 nodes[claim.partition] = claim.node
                 if claim.size is not None:
                     sizes[claim.partition] = claim.size
+                if claim.own:
+                    own.add(claim.partition)
         missing = sorted(set(range(num_clients)) - set(nodes))
         if not missing:
-            return Roster(dict(sorted(nodes.items())), sizes, frozenset(nodes.values()))
+            return Roster(dict(sorted(nodes.items())), sizes, frozenset(nodes.values()),
+                          frozenset(own))
         if time.monotonic() > deadline:
             raise FederationError(
                 f"no node holds partition(s) {missing} after {timeout:.0f} s "
@@ -168,7 +176,7 @@ def refresh(grid: Grid, roster: Roster, num_clients: int, timeout: float,
         still = " (still connected: check for a duplicate SuperNode)" if old in connected else ""
         LOG.log(logging.WARNING if still else logging.INFO,
                 "partition %d: node %d replaces node %d%s", pid, claim.node, old, still)
-    return Roster(dict(sorted(nodes.items())), dict(roster.sizes), frozenset(seen))
+    return Roster(dict(sorted(nodes.items())), dict(roster.sizes), frozenset(seen), roster.own)
 
 
 def _ask(grid: Grid, fresh: list[int], timeout: float, config: ConfigRecord | None
@@ -193,7 +201,8 @@ def _ask(grid: Grid, fresh: list[int], timeout: float, config: ConfigRecord | No
             failures[node] = f"no '{P.PARTITION_ID}' in its node info"
             continue
         size = int(info.get(P.NUM_TRAIN_EXAMPLES, -1))
-        claims.append(_Claim(node, int(info[P.PARTITION_ID]), size if size >= 0 else None))
+        claims.append(_Claim(node, int(info[P.PARTITION_ID]), size if size >= 0 else None,
+                             bool(int(info.get(P.OWN_DATA, 0)))))
     return claims, failures
 
 

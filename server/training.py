@@ -192,10 +192,15 @@ def node_limits(roster: Roster, federation: Federation) -> dict[int, int]:
 
     A node's reported training-set size, capped by the size its partition has in
     the config the server built the federation from: a node that over-reports at
-    discovery gains nothing.
+    discovery gains nothing. A node on its own files (``roster.own``) has no size in
+    the config: its size as reported at discovery stands, and no later reply may
+    claim more.
     """
     limits = {}
     for pid, node in roster.nodes.items():
+        if pid in roster.own and pid in roster.sizes:
+            limits[node] = roster.sizes[pid]
+            continue
         derived = len(federation.train_ids[pid])
         reported = roster.sizes.get(pid, derived)
         if reported != derived:

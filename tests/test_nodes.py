@@ -7,13 +7,16 @@ from fedunlearn import protocol as P
 from server.nodes import FederationError, discover_partitions, refresh
 
 
-def claiming(fake_grid, claims, sizes=None):
-    """A grid whose node ``n`` answers nodeinfo with partition ``claims[n]``."""
+def claiming(fake_grid, claims, sizes=None, own=()):
+    """A grid whose node ``n`` answers nodeinfo with partition ``claims[n]`` (and, for
+    the nodes in ``own``, that it trains on its own files)."""
     def answer(msg):
         node = msg.metadata.dst_node_id
         info = ConfigRecord({P.PARTITION_ID: claims[node]})
         if sizes and node in sizes:
             info[P.NUM_TRAIN_EXAMPLES] = sizes[node]
+        if node in own:
+            info[P.OWN_DATA] = 1
         return Message(RecordDict({P.INFO: info}), reply_to=msg)
     return fake_grid(claims, answer)
 
@@ -27,6 +30,24 @@ def test_mapping_from_replies(fake_grid):
 def test_sizes_are_reported(fake_grid):
     grid = claiming(fake_grid, {70: 1, 50: 0}, sizes={70: 12, 50: 30})
     assert discover_partitions(grid, 2, 5).sizes == {0: 30, 1: 12}
+
+
+def test_a_node_on_its_own_files_is_held_to_the_size_it_reported(fake_grid):
+    import numpy as np
+
+    from fedunlearn.federation import Federation
+    from server.training import node_limits
+
+    # Node 70 trains on 500 samples of its own; its demo partition would have 12.
+    grid = claiming(fake_grid, {70: 1, 50: 0}, sizes={70: 500, 50: 300}, own={70})
+    roster = discover_partitions(grid, 2, 5)
+    assert roster.own == {1}
+    train_ids = [np.arange(30), np.arange(12)]
+    data = Federation(splits=None, partitions=train_ids, train_ids=train_ids, val_ids=[],
+                      poisoned={})
+    # Its reported size stands (the config knows nothing of its files); a partition
+    # node still gets the smaller of reported and configured.
+    assert node_limits(roster, data) == {70: 500, 50: 30}
 
 
 def test_nodes_that_connect_late_are_asked_once(fake_grid):
