@@ -67,7 +67,10 @@ def phases(entry: dict) -> dict[str, float]:
 def run_setup(setup: str, nodes: int, rounds: int, out: Path) -> dict:
     """Train ``rounds`` rounds over ``nodes`` SuperNodes with ``setup``; its numbers."""
     link, base = free_ports(2)
+    # Discovery waits for every node's first reply: ten stock nodes each start an
+    # interpreter that imports torch, minutes on a busy 2-core machine.
     args = ["runtime=deployment", f"num_clients={nodes}", f"train.rounds={rounds}",
+            "train.node_timeout=600",
             f"runtime.superlink_port={link}", f"runtime.clientappio_base_port={base}",
             *SETUPS[setup], f"hydra.run.dir={out}", f"cache_dir={out / 'cache'}",
             "reuse_trained=false"]
