@@ -245,3 +245,13 @@ def test_pgd_steps_stay_in_the_ball_around_the_received_model():
     free, projected = moved(), moved(**{P.RADIUS: 0.05})
     assert free > ball  # plain ascent leaves the ball: the projection has work to do
     assert projected <= ball * (1 + 1e-5) and projected > 0.5 * ball
+
+
+def test_every_reply_says_where_its_time_went_on_the_node():
+    from client.app import app
+
+    msg = Message(RecordDict(), message_type="query.nodeinfo", dst_node_id=5)
+    reply = app(msg, context())
+    timing = reply.content.config_records[P.TIMING]
+    assert timing["process-start"] <= timing["handler-start"] <= timing["handler-end"]
+    assert reply.content.config_records[P.INFO][P.PARTITION_ID] == 0
