@@ -14,13 +14,12 @@ Usage: ``.venv/bin/python bench/baselines.py [--seeds 0 1]``; writes
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.runs import ROOT, sweep  # noqa: E402
+from bench.runs import ROOT, method_sweep  # noqa: E402
 
 METHODS = "unlearn.methods=[Retrain,FT,NoT,FedEraser,PGD]"
 SETTINGS: dict[str, list[str]] = {
@@ -31,21 +30,8 @@ SETTINGS: dict[str, list[str]] = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS))
-    args = parser.parse_args()
-    command = (".venv/bin/python bench/baselines.py --seeds "
-               + " ".join(map(str, args.seeds)) + " --settings " + " ".join(args.settings))
-    meta = {
-        "settings": {k: " ".join(SETTINGS[k]) for k in args.settings},
-        "fixed": METHODS + " + conf/ defaults (unlearn.recovery_rounds=5, "
-                 "train.rounds=20, 10 clients, cnn, mnist_embedded)",
-    }
-    jobs = [(name, seed) for seed in args.seeds for name in args.settings]
-    sweep({k: [METHODS, *SETTINGS[k]] for k in args.settings}, jobs,
-          ROOT / "bench" / "baselines", title="FedEraser and PGD beside Retrain, FT and NoT",
-          command=command, meta=meta)
+    method_sweep("bench/baselines.py", __doc__, METHODS, SETTINGS, ROOT / "bench" / "baselines",
+                 title="FedEraser and PGD beside Retrain, FT and NoT", seeds=[0, 1])
 
 
 if __name__ == "__main__":

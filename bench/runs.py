@@ -3,6 +3,7 @@ and seed, gather rows and curves, and describe the machine."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -98,3 +99,41 @@ if __name__ == "__main__":
         rewrite(Path(sys.argv[2]), sys.argv[3])
     else:
         raise SystemExit("usage: python bench/runs.py rewrite DIR TITLE")
+
+
+def method_sweep(script: str, doc: str, methods: str, settings: dict[str, list[str]],
+                 out: Path, title: str, seeds: list[int]) -> list[dict]:
+    """The command line shared by the method benchmarks: ``--seeds`` and ``--settings``,
+    then one run of ``methods`` per (setting, seed) into ``out`` (:func:`sweep`).
+
+    Parameters
+    ----------
+    script : str
+        The benchmark's path from the repository root, for the recorded command.
+    doc : str
+        The benchmark's docstring; its first line is the ``--help`` description.
+    methods : str
+        The ``unlearn.methods=[...]`` override every run gets.
+    settings : dict of str to list of str
+        Each setting's own overrides, by name.
+    out : Path
+        The report folder.
+    title : str
+        The report's title.
+    seeds : list of int
+        The default seeds.
+    """
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=seeds)
+    parser.add_argument("--settings", nargs="+", default=list(settings))
+    args = parser.parse_args()
+    command = (f".venv/bin/python {script} --seeds " + " ".join(map(str, args.seeds))
+               + " --settings " + " ".join(args.settings))
+    meta = {
+        "settings": {k: " ".join(settings[k]) for k in args.settings},
+        "fixed": methods + " + conf/ defaults (unlearn.recovery_rounds=5, "
+                 "train.rounds=20, 10 clients, cnn, mnist_embedded)",
+    }
+    jobs = [(name, seed) for seed in args.seeds for name in args.settings]
+    return sweep({k: [methods, *settings[k]] for k in args.settings}, jobs, out,
+                 title=title, command=command, meta=meta)

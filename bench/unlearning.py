@@ -13,13 +13,12 @@ is rewritten after every run, so an interrupted benchmark still shows what it di
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.runs import ROOT, sweep  # noqa: E402
+from bench.runs import ROOT, method_sweep  # noqa: E402
 
 METHODS = "unlearn.methods=[Retrain,FT,NoT,GA,GDA]"
 SETTINGS: dict[str, list[str]] = {
@@ -33,21 +32,8 @@ SETTINGS: dict[str, list[str]] = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS))
-    args = parser.parse_args()
-    command = (".venv/bin/python bench/unlearning.py --seeds "
-               + " ".join(map(str, args.seeds)) + " --settings " + " ".join(args.settings))
-    meta = {
-        "settings": {k: " ".join(SETTINGS[k]) for k in args.settings},
-        "fixed": METHODS + " + conf/ defaults (unlearn.recovery_rounds=5, "
-                 "train.rounds=20, 10 clients, cnn, mnist_embedded)",
-    }
-    jobs = [(name, seed) for seed in args.seeds for name in args.settings]
-    sweep({k: [METHODS, *SETTINGS[k]] for k in args.settings}, jobs,
-          ROOT / "bench" / "unlearning", title="Unlearning benchmark", command=command,
-          meta=meta)
+    method_sweep("bench/unlearning.py", __doc__, METHODS, SETTINGS, ROOT / "bench" / "unlearning",
+                 title="Unlearning benchmark", seeds=[0, 1, 2])
 
 
 if __name__ == "__main__":

@@ -100,7 +100,10 @@ class ForkExecutor:
                                                                        repr=False)
 
     def start(self) -> ForkExecutor:
-        """Start the forkserver and let it import :attr:`preload` (seconds, once)."""
+        """Start the forkserver and let it import :attr:`preload` (seconds, once; a
+        started executor is returned as it is)."""
+        if self._context is not None:
+            return self
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(list(self.preload))
