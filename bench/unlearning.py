@@ -3,8 +3,8 @@
 Embedded MNIST digits, the NoT CNN, 10 clients, the hyper-parameters fixed in
 ``conf/`` (nothing is tuned after seeing results: every run is reported). Per
 setting and seed one ``fedunlearn run`` trains (or reuses the cached model of the
-same training config), answers the scenario's request with Retrain, FT, NoT, GA
-and GDA, and evaluates every round.
+same training config), answers the scenario's request with Retrain, FT, NoT, GA,
+GDA, FedEraser and PGD, and evaluates every round.
 
 Usage: ``.venv/bin/python bench/unlearning.py [--seeds 0 1 2]``; writes
 ``bench/unlearning/RESULTS.md``, ``results.json`` and the curves' PNGs. The report
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.runs import ROOT, method_sweep  # noqa: E402
 
-METHODS = "unlearn.methods=[Retrain,FT,NoT,GA,GDA]"
+METHODS = "unlearn.methods=[Retrain,FT,NoT,GA,GDA,FedEraser,PGD]"
 SETTINGS: dict[str, list[str]] = {
     # Sanity check: one IID client of ten carries no membership signal (NOTES).
     "client-iid": ["scenario=client"],

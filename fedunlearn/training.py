@@ -330,7 +330,9 @@ def project_to_ball(center: Mapping[str, Tensor],
 
 def distance(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> float:
     """L2 distance between two sets of parameters with the same names (as one vector)."""
-    return float(torch.sqrt(sum(((a[k].float() - b[k].float()) ** 2).sum() for k in a)))
+    with torch.no_grad():  # a measurement, not part of any graph
+        return float(torch.sqrt(sum(((a[k].float() - b[k].float()) ** 2).sum()
+                                    for k in a)))
 
 
 def predict_logits(model: nn.Module, images: Tensor, *, batch_size: int, device: Device) -> Tensor:
