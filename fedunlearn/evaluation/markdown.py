@@ -20,7 +20,7 @@ from fedunlearn.evaluation.rows import (
     _references,
     _unique,
 )
-from fedunlearn.evaluation.scores import _noise_floor
+from fedunlearn.evaluation.scores import noise_floor
 
 _NOTES = (
     "Each cell is mean ± std over seeds (sample std, ddof = 1; 0 for a single seed). "
@@ -113,8 +113,8 @@ def _present(summaries: Sequence[Mapping[str, Any]], key: str) -> bool:
 def _noise_floor_line(
     rows: Sequence[Mapping[str, Any]], reference_method: str, match_keys: Sequence[str]
 ) -> str:
-    """The noise-floor sentence of a scenario (see :func:`.scores._noise_floor`)."""
-    floor = _noise_floor(rows, reference_method, match_keys)
+    """The noise-floor sentence of a scenario (see :func:`.scores.noise_floor`)."""
+    floor = noise_floor(rows, reference_method, match_keys)
     if floor is None:
         return (
             f"{reference_method} vs. {reference_method} noise floor: not available "

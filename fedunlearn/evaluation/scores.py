@@ -192,7 +192,7 @@ def add_gaps(
     return result
 
 
-def _noise_floor(
+def noise_floor(
     rows: Sequence[Mapping[str, Any]], reference_method: str, match_keys: Sequence[str]
 ) -> tuple[int, float, float] | None:
     """Average gap between reference runs of different seeds: what "no difference" scores.
