@@ -105,6 +105,7 @@ def _build(key_json: str) -> Federation:
         download=ds["download"],
         seed=seed,
         test_fraction=ds["test_fraction"],
+        hf=ds.get("hf"),
     )
     partitions = partition(
         splits.train.labels.numpy(),
@@ -112,6 +113,9 @@ def _build(key_json: str) -> Federation:
         key["num_clients"],
         seed,
         beta=part["beta"],
+        min_size=part["min_size"],
+        classes_per_client=part["classes_per_client"],
+        shards_per_client=part["shards_per_client"],
     )
     train_ids, val_ids = [], []
     for client, ids in enumerate(partitions):

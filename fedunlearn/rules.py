@@ -183,6 +183,7 @@ def rules() -> dict[str, Rule]:
     simulation = ("runtime.name", "simulation")
     deployment = ("runtime.name", "deployment")
     backdoor = ("attack.name", "backdoor")
+    hub = ("dataset.name", "hf")
     fraction = _num(0, 1, low_open=True)  # a share of something: (0, 1]
     port = _int(1, 65535, when=deployment)
     table: dict[str, Rule] = {
@@ -196,9 +197,18 @@ def rules() -> dict[str, Rule]:
         "dataset.download": Rule("bool"),
         "dataset.image_size": _int(1, null=True),
         "dataset.test_fraction": _num(0, 1, low_open=True, high_open=True),
+        "dataset.hf.subset": Rule("text", null=True, when=hub),
+        "dataset.hf.data_files": Rule("mapping", null=True, when=hub),
+        "dataset.hf.image_column": Rule("text", null=True, when=hub),
+        "dataset.hf.label_column": Rule("text", null=True, when=hub),
+        "dataset.hf.train_split": Rule("text", when=hub),
+        "dataset.hf.test_split": Rule("text", null=True, when=hub),
         "partition.scheme": _one_of(SCHEMES, noun="partition scheme"),
         "partition.beta": _num(0, low_open=True, null=True),
         "partition.val_fraction": _num(0, 1, high_open=True),
+        "partition.min_size": _int(0),
+        "partition.classes_per_client": _int(1),
+        "partition.shards_per_client": _int(1),
         "model.name": _one_of(MODELS, noun="model"),
         "model.options": Rule("mapping"),
         "train.rounds": _int(1),

@@ -1,24 +1,38 @@
-"""Split a training set's sample ids over federated clients.
+"""Split a training set's sample ids over federated clients, with Flower Datasets.
 
-Every scheme is deterministic under its ``seed`` (``numpy.random.default_rng``)
-and returns one sorted int64 array of sample ids (row indices into the training
-set) per client. The arrays are disjoint and together cover every sample: no
-scheme drops anything, though a client may end up with few samples (Dirichlet)
-or none of some classes.
+The schemes are ``flwr-datasets`` partitioners, the ones Flower's users know
+(:class:`~flwr_datasets.partitioner.IidPartitioner`,
+:class:`~flwr_datasets.partitioner.DirichletPartitioner` with its minimum partition
+size, :class:`~flwr_datasets.partitioner.PathologicalPartitioner`,
+:class:`~flwr_datasets.partitioner.ShardPartitioner`), plus the TIS paper's
+preferential split written as a :class:`~flwr_datasets.partitioner.Partitioner` of its
+own (:mod:`fedunlearn.data.preferential`). They run on a small ``datasets.Dataset`` of
+``(label, id)`` rows, shuffled under the seed first as ``FederatedDataset`` does, so
+every scheme returns one sorted int64 array of sample ids (row indices into the
+training set) per client, deterministically under ``seed``.
+
+The ``iid``, ``dirichlet`` and ``preferential`` partitions are disjoint and cover every
+sample. ``pathological`` and ``shard`` are disjoint but may leave samples out, as their
+definitions do (a class needed by no client; the last incomplete shard).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
-SCHEMES: tuple[str, ...] = ("iid", "dirichlet", "preferential")
+if TYPE_CHECKING:  # imported when partitioning: flwr_datasets loads matplotlib (~2 s)
+    from flwr_datasets.partitioner import Partitioner
 
-# Dirichlet draws are repeated until every client has ``min_size`` samples; this
-# bounds the loop so an impossible request fails instead of spinning forever.
-_MAX_DIRICHLET_ATTEMPTS = 1000
+SCHEMES: tuple[str, ...] = ("iid", "dirichlet", "preferential", "pathological", "shard")
+
+# DirichletPartitioner redraws until every partition holds min_partition_size samples,
+# at most this many times, then raises (flwr-datasets 0.6's fixed limit).
+DIRICHLET_ATTEMPTS = 10
 
 
 def _as_labels(labels: npt.ArrayLike) -> np.ndarray:
@@ -36,103 +50,6 @@ def _check_clients(num_samples: int, num_clients: int) -> None:
             f"num_clients must be between 1 and the number of samples ({num_samples}), "
             f"got {num_clients}"
         )
-
-
-def _finish(parts: list[list[np.ndarray]]) -> list[np.ndarray]:
-    """Concatenate each client's pieces into one sorted int64 id array."""
-    return [
-        np.sort(np.concatenate(pieces)).astype(np.int64) if pieces else np.empty(0, np.int64)
-        for pieces in parts
-    ]
-
-
-def iid(labels: npt.ArrayLike, num_clients: int, seed: int = 0) -> list[np.ndarray]:
-    """Shuffle all samples and deal them out in equal shares.
-
-    Parameters
-    ----------
-    labels : array_like of int
-        Label of every training sample (only its length is used).
-    num_clients : int
-        Number of clients, ``1 <= num_clients <= len(labels)``.
-    seed : int
-        Seed of the shuffle.
-
-    Returns
-    -------
-    list of numpy.ndarray
-        Sorted int64 ids per client; sizes differ by at most one.
-    """
-    n = len(_as_labels(labels))
-    _check_clients(n, num_clients)
-    rng = np.random.default_rng(seed)
-    return _finish([[chunk] for chunk in np.array_split(rng.permutation(n), num_clients)])
-
-
-def dirichlet(
-    labels: npt.ArrayLike,
-    num_clients: int,
-    beta: float,
-    seed: int = 0,
-    min_size: int = 10,
-) -> list[np.ndarray]:
-    """Label-skewed split: per-class Dirichlet(beta) proportions over clients.
-
-    The standard latent-Dirichlet-allocation scheme (Hsu et al. 2019): for each
-    class, draw client proportions ``p ~ Dir(beta * 1)`` and cut that class's
-    shuffled samples at ``cumsum(p)``. The whole draw is repeated until every
-    client holds at least ``min_size`` samples.
-
-    Parameters
-    ----------
-    labels : array_like of int
-        Label of every training sample.
-    num_clients : int
-        Number of clients.
-    beta : float
-        Concentration, > 0; small values give few classes per client.
-    seed : int
-        Seed of all draws.
-    min_size : int
-        Fewest samples any client may get.
-
-    Returns
-    -------
-    list of numpy.ndarray
-        Sorted int64 ids per client.
-
-    Raises
-    ------
-    ValueError
-        If ``beta <= 0``, ``min_size * num_clients`` exceeds the sample count, or
-        no draw out of a bounded number meets ``min_size``.
-    """
-    y = _as_labels(labels)
-    _check_clients(len(y), num_clients)
-    if not beta > 0:
-        raise ValueError(f"dirichlet partition needs beta > 0, got {beta}")
-    if min_size * num_clients > len(y):
-        raise ValueError(
-            f"cannot give each of {num_clients} clients min_size={min_size} samples out of {len(y)}"
-        )
-    rng = np.random.default_rng(seed)
-    by_class = [np.flatnonzero(y == c) for c in np.unique(y)]
-    for _ in range(_MAX_DIRICHLET_ATTEMPTS):
-        parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
-        for ids in by_class:
-            shuffled = rng.permutation(ids)
-            proportions = rng.dirichlet(np.full(num_clients, float(beta)))
-            cuts = (np.cumsum(proportions)[:-1] * len(shuffled)).astype(np.int64)
-            for client, chunk in enumerate(np.split(shuffled, cuts)):
-                parts[client].append(chunk)
-        result = _finish(parts)
-        if min(len(ids) for ids in result) >= min_size:
-            return result
-    raise ValueError(
-        f"dirichlet partition: no draw in {_MAX_DIRICHLET_ATTEMPTS} gave each of "
-        f"{num_clients} clients >= {min_size} samples at beta={beta}; raise beta or "
-        f"lower min_size"
-    )
 
 
 def owned_classes(num_classes: int, num_clients: int) -> dict[int, int]:
@@ -158,49 +75,94 @@ def owned_classes(num_classes: int, num_clients: int) -> dict[int, int]:
     return {i: first_owned + i for i in range(min(num_clients, num_classes - first_owned))}
 
 
-def preferential(
-    labels: npt.ArrayLike, num_clients: int, seed: int = 0, num_classes: int | None = None
-) -> list[np.ndarray]:
-    """TIS paper's preferential split: some classes exclusive, the rest shared.
+def make_partitioner(
+    scheme: str,
+    num_clients: int,
+    *,
+    seed: int = 0,
+    beta: float | None = None,
+    min_size: int = 10,
+    classes_per_client: int = 2,
+    shards_per_client: int = 2,
+) -> Partitioner:
+    """The Flower Datasets partitioner of a scheme, over a ``label`` column.
 
-    Each owned class (see :func:`owned_classes`) goes entirely to its owner.
-    Every other class is shuffled and split into equal shares over all clients
-    (the shares are dealt to clients in a random order, so no client is
-    systematically given the remainders).
+    Parameters
+    ----------
+    scheme : str
+        One of :data:`SCHEMES`.
+    num_clients : int
+        Number of partitions.
+    seed : int
+        Seed of the partitioner's draws.
+    beta : float, optional
+        Dirichlet concentration (``alpha`` in Flower Datasets); required for
+        ``"dirichlet"``, ignored otherwise.
+    min_size : int
+        Dirichlet: fewest samples a client may get (``min_partition_size``).
+    classes_per_client : int
+        Pathological: classes per client (the first dealt round-robin, so that every
+        class is used when there are at least as many clients as classes).
+    shards_per_client : int
+        Shard (McMahan et al. 2017): label-sorted shards per client.
+
+    Returns
+    -------
+    flwr_datasets.partitioner.Partitioner
+        A partitioner without a dataset yet.
+    """
+    from flwr_datasets.partitioner import (
+        DirichletPartitioner,
+        IidPartitioner,
+        PathologicalPartitioner,
+        ShardPartitioner,
+    )
+
+    from fedunlearn.data.preferential import PreferentialPartitioner
+
+    makers: dict[str, Callable[[], Partitioner]] = {
+        "iid": lambda: IidPartitioner(num_clients),
+        "dirichlet": lambda: DirichletPartitioner(
+            num_clients, "label", alpha=_need_beta(beta), min_partition_size=min_size,
+            self_balancing=False, shuffle=True, seed=seed),
+        "preferential": lambda: PreferentialPartitioner(num_clients, "label", seed=seed),
+        "pathological": lambda: PathologicalPartitioner(
+            num_clients, "label", num_classes_per_partition=classes_per_client,
+            class_assignment_mode="first-deterministic", shuffle=True, seed=seed),
+        "shard": lambda: ShardPartitioner(
+            num_clients, "label", num_shards_per_partition=shards_per_client,
+            shuffle=True, seed=seed),
+    }
+    if scheme not in makers:
+        raise ValueError(f"unknown partition scheme '{scheme}'; known: {', '.join(SCHEMES)}")
+    return makers[scheme]()
+
+
+def partition_ids(labels: npt.ArrayLike, partitioner: Partitioner, seed: int = 0
+                  ) -> list[np.ndarray]:
+    """Run ``partitioner`` over the labels and return each partition's sample ids.
 
     Parameters
     ----------
     labels : array_like of int
         Label of every training sample.
-    num_clients : int
-        Number of clients.
+    partitioner : flwr_datasets.partitioner.Partitioner
+        A partitioner without a dataset; it partitions by the ``label`` column.
     seed : int
-        Seed of the shuffles.
-    num_classes : int, optional
-        Number of classes; default ``max(labels) + 1``.
+        Seed of the shuffle before partitioning (``FederatedDataset``'s step).
 
     Returns
     -------
     list of numpy.ndarray
-        Sorted int64 ids per client.
+        Sorted int64 ids per partition.
     """
+    from datasets import Dataset
+
     y = _as_labels(labels)
-    _check_clients(len(y), num_clients)
-    num_classes = int(y.max()) + 1 if num_classes is None else num_classes
-    if y.max() >= num_classes:
-        raise ValueError(f"labels reach {int(y.max())} but num_classes is {num_classes}")
-    owner_of = {cls: client for client, cls in owned_classes(num_classes, num_clients).items()}
-    rng = np.random.default_rng(seed)
-    parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
-    for cls in range(num_classes):
-        ids = np.flatnonzero(y == cls)
-        if cls in owner_of:
-            parts[owner_of[cls]].append(ids)
-            continue
-        chunks = np.array_split(rng.permutation(ids), num_clients)
-        for client, chunk in zip(rng.permutation(num_clients), chunks, strict=True):
-            parts[client].append(chunk)
-    return _finish(parts)
+    rows = Dataset.from_dict({"label": y, "id": np.arange(len(y), dtype=np.int64)})
+    partitioner.dataset = rows.shuffle(seed=seed)
+    return [np.sort(np.asarray(partitioner.load_partition(i)["id"], dtype=np.int64))
+            for i in range(partitioner.num_partitions)]
 
 
 def partition(
@@ -209,8 +171,9 @@ def partition(
     num_clients: int,
     seed: int = 0,
     beta: float | None = None,
+    **options: int,
 ) -> list[np.ndarray]:
-    """Partition by scheme name: ``"iid"``, ``"dirichlet"`` or ``"preferential"``.
+    """Partition by scheme name (:data:`SCHEMES`) with Flower Datasets.
 
     Parameters
     ----------
@@ -219,26 +182,71 @@ def partition(
     scheme : str
         One of :data:`SCHEMES`.
     num_clients : int
-        Number of clients.
+        Number of clients, ``1 <= num_clients <= len(labels)``.
     seed : int
-        Seed of the scheme.
+        Seed of the shuffle and of the scheme.
     beta : float, optional
         Dirichlet concentration; required for ``"dirichlet"``, ignored otherwise
         (so one config can carry it for every scheme).
+    **options
+        ``min_size``, ``classes_per_client``, ``shards_per_client``
+        (:func:`make_partitioner`).
 
     Returns
     -------
     list of numpy.ndarray
         Sorted int64 ids per client.
+
+    Raises
+    ------
+    ValueError
+        A bad scheme or option, or a Dirichlet minimum no draw could meet, in one line.
     """
-    schemes: dict[str, Callable[[], list[np.ndarray]]] = {
-        "iid": lambda: iid(labels, num_clients, seed),
-        "dirichlet": lambda: dirichlet(labels, num_clients, _need_beta(beta), seed),
-        "preferential": lambda: preferential(labels, num_clients, seed),
-    }
-    if scheme not in schemes:
-        raise ValueError(f"unknown partition scheme '{scheme}'; known: {', '.join(SCHEMES)}")
-    return schemes[scheme]()
+    y = _as_labels(labels)
+    _check_clients(len(y), num_clients)
+    min_size = int(options.get("min_size", 10))
+    if scheme == "dirichlet":
+        if not _need_beta(beta) > 0:
+            raise ValueError(f"dirichlet partition needs beta > 0, got {beta}")
+        if min_size * num_clients > len(y):
+            raise ValueError(f"cannot give each of {num_clients} clients min_size={min_size} "
+                             f"samples out of {len(y)}")
+    partitioner = make_partitioner(scheme, num_clients, seed=seed, beta=beta, **options)
+    try:
+        with warnings.catch_warnings():
+            # Each redraw warns; failing them all raises, which is what a user needs.
+            warnings.filterwarnings("ignore", message="The specified min_partition_size")
+            return partition_ids(y, partitioner, seed)
+    except ValueError as error:
+        if scheme == "dirichlet" and "max number of attempts" in str(error):
+            raise ValueError(
+                f"dirichlet partition: no draw in {DIRICHLET_ATTEMPTS} gave each of "
+                f"{num_clients} clients >= {min_size} samples at beta={beta}; raise beta or "
+                f"lower min_size") from None
+        raise ValueError(f"{scheme} partition: {' '.join(str(error).split())}") from None
+
+
+def iid(labels: npt.ArrayLike, num_clients: int, seed: int = 0) -> list[np.ndarray]:
+    """Equal shares of the shuffled samples (:func:`partition` with ``"iid"``)."""
+    return partition(labels, "iid", num_clients, seed)
+
+
+def dirichlet(labels: npt.ArrayLike, num_clients: int, beta: float, seed: int = 0,
+              min_size: int = 10) -> list[np.ndarray]:
+    """Label skew: per-class Dirichlet(beta) proportions over clients, every client with
+    at least ``min_size`` samples (:func:`partition` with ``"dirichlet"``)."""
+    return partition(labels, "dirichlet", num_clients, seed, beta=beta, min_size=min_size)
+
+
+def preferential(labels: npt.ArrayLike, num_clients: int, seed: int = 0,
+                 num_classes: int | None = None) -> list[np.ndarray]:
+    """The TIS paper's preferential split (:mod:`fedunlearn.data.preferential`)."""
+    from fedunlearn.data.preferential import PreferentialPartitioner
+
+    y = _as_labels(labels)
+    _check_clients(len(y), num_clients)
+    return partition_ids(y, PreferentialPartitioner(num_clients, num_classes=num_classes,
+                                                    seed=seed), seed)
 
 
 def _need_beta(beta: float | None) -> float:

@@ -17,9 +17,10 @@ one registry; they share the normalization and the on-disk formats' checks.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -260,7 +261,8 @@ _REGISTRY: dict[str, _Source] = {
     ),
 }
 
-DATASETS: tuple[str, ...] = tuple(_REGISTRY)
+#: Names ``load_dataset`` knows: the registry's, and ``hf`` (any Hugging Face image set).
+DATASETS: tuple[str, ...] = (*_REGISTRY, "hf")
 
 
 def _not_found(
@@ -339,16 +341,11 @@ def _image_data(
     )
 
 
-@functools.lru_cache(maxsize=4)
-def _load_cached(
-    name: str, root: str | None, image_size: int | None, seed: int, test_fraction: float
-) -> DatasetSplits:
-    source = _REGISTRY[name]
-    if root is not None and (missing := _missing(source, root)):
-        raise _not_found(name, root, missing)
-    arrays = source.read(root, image_size)
-    if source.official_split:
-        assert arrays.test_x is not None and arrays.test_y is not None
+def _splits(name: str, arrays: _Arrays, source: _Source, image_size: int | None, seed: int,
+            test_fraction: float) -> DatasetSplits:
+    """Train and test parts as normalized tensors (a test part split off when the set has
+    no official one)."""
+    if arrays.test_x is not None and arrays.test_y is not None:
         train_xy, test_xy = (arrays.train_x, arrays.train_y), (arrays.test_x, arrays.test_y)
     else:
         train_ids, test_ids = _stratified_split(arrays.train_y, test_fraction, seed)
@@ -360,6 +357,30 @@ def _load_cached(
     return DatasetSplits(train, test, name, arrays.num_classes, (channels, height, width))
 
 
+@functools.lru_cache(maxsize=4)
+def _load_cached(
+    name: str, root: str | None, image_size: int | None, seed: int, test_fraction: float
+) -> DatasetSplits:
+    source = _REGISTRY[name]
+    if root is not None and (missing := _missing(source, root)):
+        raise _not_found(name, root, missing)
+    arrays = source.read(root, image_size)
+    if source.official_split and arrays.test_x is None:
+        raise AssertionError(f"{name}: the reader returned no test part")
+    return _splits(name, arrays, source, image_size, seed, test_fraction)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_hub(path: str, options_json: str, image_size: int | None, seed: int,
+              test_fraction: float) -> DatasetSplits:
+    from fedunlearn.data.hf import channel_stats, read_hub
+
+    arrays = _Arrays(*read_hub(path, json.loads(options_json)))
+    mean, std = channel_stats(arrays.train_x)
+    source = _Source(lambda _root, _size: arrays, mean, std)
+    return _splits("hf", arrays, source, image_size, seed, test_fraction)
+
+
 def load_dataset(
     name: str,
     root: str | os.PathLike[str] | None = None,
@@ -368,6 +389,7 @@ def load_dataset(
     download: bool = False,
     seed: int = 0,
     test_fraction: float = 0.2,
+    hf: Mapping[str, Any] | None = None,
 ) -> DatasetSplits:
     """Load a data set's train and test parts as normalized tensors.
 
@@ -393,6 +415,9 @@ def load_dataset(
         (``mnist_embedded``, ``digits``, ``caltech101``); unused otherwise.
     test_fraction : float
         Share in ``(0, 1)`` of each class held out for test in those sets.
+    hf : mapping, optional
+        For ``name="hf"`` (``root`` is then the Hub id or packaged builder): the
+        options of :func:`fedunlearn.data.hf.read_hub`.
 
     Returns
     -------
@@ -407,12 +432,18 @@ def load_dataset(
         Files missing under ``root`` and not downloaded (or the download failed);
         the message names the expected files.
     """
-    if name not in _REGISTRY:
+    if name not in DATASETS:
         raise ValueError(f"unknown dataset '{name}'; known: {', '.join(DATASETS)}")
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     if image_size is not None and image_size < 1:
         raise ValueError(f"image_size must be a positive integer or None, got {image_size}")
+    if name == "hf":
+        if not root:
+            raise ValueError("hf: dataset.root must name the Hugging Face data set "
+                             "(a Hub id, or a builder such as parquet with dataset.hf.data_files)")
+        options = json.dumps(dict(hf or {}), sort_keys=True, default=str)
+        return _load_hub(os.fspath(root), options, image_size, seed, test_fraction)
     source = _REGISTRY[name]
     # Normalize the cache key so that equivalent calls share one entry.
     image_size = image_size or source.default_size

@@ -74,6 +74,8 @@ PRELOAD: tuple[str, ...] = (
     "sklearn.model_selection",
     "sklearn.svm",
     "mlxtend.data",
+    "datasets",
+    "flwr_datasets.partitioner",
     "backpack",
     "omegaconf",
     "hydra",

@@ -1,9 +1,9 @@
-"""Client partitions: coverage, determinism, label skew and the preferential rule."""
-
-import importlib
+"""Client partitions (Flower Datasets partitioners): coverage, determinism, label skew,
+the pathological and shard rules, and the preferential Partitioner."""
 
 import numpy as np
 import pytest
+from datasets import Dataset
 
 from fedunlearn.data.partition import (
     SCHEMES,
@@ -14,10 +14,7 @@ from fedunlearn.data.partition import (
     preferential,
     train_val_split,
 )
-
-# ``fedunlearn.data.partition`` as an attribute is the re-exported function, which
-# shadows the submodule of the same name; import_module returns the module itself.
-part_mod = importlib.import_module("fedunlearn.data.partition")
+from fedunlearn.data.preferential import PreferentialPartitioner
 
 # 10 classes of unequal size (395..404), so even splits have remainders.
 LABELS = np.concatenate([np.full(395 + c, c) for c in range(10)])
@@ -38,7 +35,10 @@ def _label_entropy(labels: np.ndarray, parts: list[np.ndarray]) -> float:
     return float(np.mean(entropies))
 
 
-@pytest.mark.parametrize("scheme", SCHEMES)
+COVERING = ("iid", "dirichlet", "preferential")
+
+
+@pytest.mark.parametrize("scheme", COVERING)
 @pytest.mark.parametrize("num_clients", [1, 5, 10])
 def test_partitions_are_sorted_disjoint_and_cover(scheme: str, num_clients: int) -> None:
     parts = partition(LABELS, scheme, num_clients, seed=3, beta=_beta_for(scheme))
@@ -97,10 +97,44 @@ def test_dirichlet_respects_min_size() -> None:
     assert min(len(p) for p in parts) >= 50
 
 
-def test_dirichlet_gives_up_after_bounded_attempts(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(part_mod, "_MAX_DIRICHLET_ATTEMPTS", 3)
-    with pytest.raises(ValueError, match=r"no draw in 3 gave each of 10 clients >= 390"):
+def test_dirichlet_gives_up_after_bounded_attempts() -> None:
+    with pytest.raises(ValueError, match=r"^dirichlet partition: no draw in 10 gave each of 10 "
+                                         r"clients >= 390 samples at beta=0.01"):
         dirichlet(LABELS, 10, 0.01, seed=0, min_size=390)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_pathological_gives_each_client_exactly_k_classes(k: int) -> None:
+    parts = partition(LABELS, "pathological", 10, seed=1, classes_per_client=k)
+    for ids in parts:
+        assert len(np.unique(LABELS[ids])) == k
+    together = np.concatenate(parts)
+    assert len(np.unique(together)) == len(together)  # disjoint
+    # Round-robin first classes: with 10 clients every class is used by someone.
+    assert set(np.unique(LABELS[together])) == set(range(10))
+
+
+def test_shard_deals_equal_label_sorted_shards() -> None:
+    parts = partition(LABELS, "shard", 10, seed=2, shards_per_client=2)
+    sizes = {len(ids) for ids in parts}
+    assert sizes == {2 * (len(LABELS) // 20)}  # 20 shards of floor(3995 / 20) samples
+    together = np.concatenate(parts)
+    assert len(np.unique(together)) == len(together)
+    for ids in parts:
+        # Two label-sorted shards of ~200 samples span at most four classes.
+        assert len(np.unique(LABELS[ids])) <= 4
+
+
+def test_preferential_partitioner_is_a_flower_datasets_partitioner() -> None:
+    rows = Dataset.from_dict({"label": LABELS.tolist(), "text": [str(i) for i in LABELS]})
+    partitioner = PreferentialPartitioner(5, "label", seed=0)
+    partitioner.dataset = rows
+    assert partitioner.num_partitions == 5
+    first = partitioner.load_partition(0)
+    assert set(first["label"]) == {0, 1, 2, 3, 4, 5}
+    assert sum(len(partitioner.load_partition(i)) for i in range(5)) == len(LABELS)
+    with pytest.raises(ValueError, match=r"partition_id must be in \[0, 5\), got 5"):
+        partitioner.load_partition(5)
 
 
 def test_dirichlet_rejects_impossible_min_size() -> None:

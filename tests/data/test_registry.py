@@ -106,6 +106,7 @@ def test_unknown_name_and_bad_arguments() -> None:
         "fashion_mnist",
         "cifar10",
         "cifar100",
+        "hf",
         "caltech101",
     }
     with pytest.raises(ValueError, match=r"test_fraction must be in \(0, 1\), got 1.0"):
