@@ -58,6 +58,12 @@ CASES: dict[str, tuple[tuple[int, int, int], dict]] = {
 EXACT = ("diag_hessian", "diag_ggn_exact", "exact_func")
 
 
+def sync() -> None:
+    """Wait for queued CUDA work, so that a timer stops when the work is done."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def timed(fn: Callable[[], object], repeats: int) -> tuple[list[float], list[float]]:
     """Wall and process-CPU seconds of ``repeats`` calls of ``fn``.
 
@@ -66,8 +72,10 @@ def timed(fn: Callable[[], object], repeats: int) -> tuple[list[float], list[flo
     """
     wall, cpu = [], []
     for _ in range(repeats):
+        sync()
         started, started_cpu = time.perf_counter(), time.process_time()
         fn()
+        sync()
         wall.append(time.perf_counter() - started)
         cpu.append(time.process_time() - started_cpu)
     return wall, cpu
@@ -91,11 +99,11 @@ def measure(name: str, args: argparse.Namespace) -> list[dict]:
     big = name == "resnet18"
     batch = args.resnet_batch if big else args.batch
     repeats = args.resnet_repeats if big else args.repeats
-    model = seeded_model(name, args.classes, in_shape, seed=0, **options).eval()
+    model = seeded_model(name, args.classes, in_shape, seed=0, **options).eval().to(args.device)
     params = sum(p.numel() for p in model.parameters())
     generator = torch.Generator().manual_seed(0)
-    images = torch.randn(batch, *in_shape, generator=generator)
-    labels = torch.randint(0, args.classes, (batch,), generator=generator)
+    images = torch.randn(batch, *in_shape, generator=generator).to(args.device)
+    labels = torch.randint(0, args.classes, (batch,), generator=generator).to(args.device)
     warm = slice(0, min(batch, args.warmup_samples))
 
     def plain(x: torch.Tensor = images, y: torch.Tensor = labels) -> None:
@@ -105,8 +113,10 @@ def measure(name: str, args: argparse.Namespace) -> list[dict]:
     def backward_only() -> float:
         model.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(images), labels)
+        sync()
         started = time.perf_counter()
         loss.backward()
+        sync()
         return time.perf_counter() - started
 
     check = statistics.median(timed(lambda: supported_estimators(model), 3)[0])
@@ -123,7 +133,7 @@ def measure(name: str, args: argparse.Namespace) -> list[dict]:
                 model,
                 estimator=estimator,
                 batch_size=batch_size,
-                device="cpu",
+                device=args.device,
                 seed=0,
                 mc_samples=1,
                 hutchinson_samples=1,
@@ -241,7 +251,8 @@ def markdown(report: dict) -> str:
         "",
         f"Command: `{report['command']}`  ",
         f"Date: {report['date']}  ",
-        f"Machine: {machine['platform']}, {machine['cpu_count']} CPUs, torch "
+        f"Machine: {machine['platform']}, {machine['cpu_count']} CPUs, "
+        f"device {machine.get('device', 'cpu')}, torch "
         f"{machine['torch']}, backpack {machine['backpack']}, "
         f"`torch.set_num_threads({report['threads']})`; 1/5/15-minute load average before "
         f"{machine['load_before']}, after {machine['load_after']}"
@@ -307,6 +318,7 @@ def main() -> None:
     )
     parser.add_argument("--models", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--out-dir", type=Path, default=ROOT / "bench")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (bench/gpu.sh)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -329,6 +341,8 @@ def main() -> None:
             "cpu_count": os.cpu_count(),
             "torch": torch.__version__,
             "backpack": importlib.metadata.version("backpack-for-pytorch"),
+            "device": (torch.cuda.get_device_name(0) if args.device.startswith("cuda")
+                       else "cpu"),
             "load_before": load_before,
             "load_after": [round(v, 2) for v in os.getloadavg()],
         },
