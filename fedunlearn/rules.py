@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -232,6 +233,7 @@ def rules() -> dict[str, Rule]:
         "runtime.client_cpus": _int(1, when=simulation),
         "runtime.client_gpus": _num(0, when=simulation),
         "runtime.num_cpus": _int(1, null=True, when=simulation),
+        "runtime.ray_address": Rule("text", null=True, when=simulation),
         "runtime.host": Rule("text", when=deployment),
         "runtime.superlink_port": port,
         "runtime.clientappio_base_port": port,
@@ -329,6 +331,29 @@ def validate(cfg: DictConfig) -> None:
     _check_combinations(cfg)
 
 
+def _check_ray_resources(runtime: DictConfig) -> None:
+    """Client resources Ray could never grant would leave the simulation waiting forever
+    (or fail deep in Ray): refuse them here. On an existing cluster (``ray_address``) the
+    cluster owns its resources, so only what cannot be asked of it is refused."""
+    if runtime.ray_address is not None:
+        _need(runtime.num_cpus is None,
+              f"runtime.num_cpus must be null with runtime.ray_address (the cluster at "
+              f"{runtime.ray_address} has its own CPUs), got {runtime.num_cpus}")
+        return
+    cpus = runtime.num_cpus if runtime.num_cpus is not None else os.cpu_count() or 1
+    _need(runtime.client_cpus <= cpus,
+          f"runtime.client_cpus is {runtime.client_cpus}, but Ray may use {cpus} CPUs here: "
+          "no client could ever start")
+    if runtime.client_gpus > 0:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        _need(gpus > 0, f"runtime.client_gpus is {runtime.client_gpus}, but this machine has "
+                        "no CUDA device: no client could ever start")
+        _need(runtime.client_gpus <= gpus, f"runtime.client_gpus is {runtime.client_gpus}, "
+                                           f"but this machine has {gpus} GPUs")
+
+
 def _check_combinations(cfg: DictConfig) -> None:
     """What no single key can say: bounds set by other keys, names known elsewhere."""
     from fedunlearn.requests import RequestRefused, scenario_request
@@ -342,6 +367,8 @@ def _check_combinations(cfg: DictConfig) -> None:
     if cfg.attack.name == "backdoor":
         _need(cfg.attack.client < clients,
               f"attack.client must be < num_clients ({clients}), got {cfg.attack.client}")
+    if cfg.runtime.name == "simulation":
+        _check_ray_resources(cfg.runtime)
     if cfg.runtime.name == "deployment":
         # SuperNode i listens on clientappio_base_port + i.
         first, link = cfg.runtime.clientappio_base_port, cfg.runtime.superlink_port

@@ -111,6 +111,11 @@ README_VGG = "unknown model 'vgg'; known: cnn, cnn_nonorm, resnet18, vit_b16, vi
         (["runtime.client_cpus=0.5"], "runtime.client_cpus must be an integer >= 1"),
         (["runtime.client_gpus=-1"], "runtime.client_gpus must be a number >= 0"),
         (["runtime.num_cpus=0"], "runtime.num_cpus must be an integer >= 1 or null"),
+        (["runtime.num_cpus=2", "runtime.client_cpus=3"],
+         "runtime.client_cpus is 3, but Ray may use 2 CPUs here: no client could ever start"),
+        (["runtime.ray_address=127.0.0.1:6379", "runtime.num_cpus=2"],
+         "runtime.num_cpus must be null with runtime.ray_address"),
+        (["runtime.ray_address=[1]"], "runtime.ray_address must be"),
         # The attack and the scenario's request.
         (["attack=backdoor", "attack.client=10"], "attack.client must be < num_clients (10)"),
         (["attack=backdoor", "attack.fraction=0"], "attack.fraction must be a number in (0, 1]"),
@@ -236,6 +241,13 @@ def test_preflight_checks_against_data_and_model(overrides, needle):
         jobs.preflight(compose([*DIGITS, *overrides]))
     message = str(err.value)
     assert needle in message and "\n" not in message
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is here")
+def test_gpus_for_clients_are_refused_without_cuda():
+    with pytest.raises(ConfigError, match=r"^runtime.client_gpus is 0.1, but this machine has "
+                                          r"no CUDA device: no client could ever start$"):
+        compose(["runtime.client_gpus=0.1"])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is here")

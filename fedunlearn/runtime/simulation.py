@@ -10,9 +10,13 @@ from omegaconf import DictConfig
 
 
 def backend_config(cfg: DictConfig) -> dict[str, Any]:
-    """Ray backend settings from ``cfg.runtime`` (client resources, Ray's CPUs)."""
+    """Ray backend settings from ``cfg.runtime``: client resources, and either the CPUs of
+    a local Ray instance or the address of an existing Ray cluster to join
+    (``runtime.ray_address``; the cluster then owns its resources)."""
     init_args: dict[str, Any] = {"include_dashboard": False, "logging_level": "ERROR"}
-    if cfg.runtime.num_cpus is not None:
+    if cfg.runtime.ray_address is not None:
+        init_args["address"] = str(cfg.runtime.ray_address)
+    elif cfg.runtime.num_cpus is not None:
         init_args["num_cpus"] = int(cfg.runtime.num_cpus)
     return {
         "client_resources": {
