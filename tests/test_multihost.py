@@ -41,7 +41,7 @@ PORT = 9091          # the SuperLink's one port, inside its own namespace
 RUNTIME_PORT = 9094  # each SuperNode's Runtime API, on its own namespace's loopback
 RELAY_PORT = 9190
 ROUND_TIMEOUT = 30
-ROUNDS = 4  # the cut in round 2, then two rounds for node 2 to be back
+ROUNDS = 5
 NODES = 3
 
 
