@@ -55,10 +55,9 @@ def budget_section(out: Path, floors_from: Path | None = None) -> list[str]:
              "the scenario's Retrain-vs-Retrain noise floor ('–': never within "
              f"{ROUNDS} rounds; 'n/a': one seed, no floor).", "",
              "Noise floors: this run's Retrain pairs, else those of "
-             f"`{floors_from.relative_to(ROOT)}`." if floors_from else "", "",
-             "| Scenario | Method | " + " | ".join(f"r{r}" for r in SHOWN)
-             + " | Within floor | Retrain rounds | Floor |",
-             "|---" * (len(SHOWN) + 5) + "|"]
+             f"`{floors_from.relative_to(ROOT)}`." if floors_from else ""]
+    header = ["| Scenario | Method | " + " | ".join(f"r{r}" for r in SHOWN)
+              + " | Within floor | Retrain rounds | Floor |", "|---" * (len(SHOWN) + 5) + "|"]
     for scenario in dict.fromkeys(p["scenario"] for p in points):
         scenario_rows = [r for r in rows if r["scenario"] == scenario]
         keys = ("scenario", "seed", "request")
@@ -68,6 +67,7 @@ def budget_section(out: Path, floors_from: Path | None = None) -> list[str]:
         retrain = [r["rounds"] for r in scenario_rows if r["method"] == "Retrain"]
         retrain_rounds = int(max(retrain)) if retrain else None
         methods = {m: c for (s, m), c in curves.items() if s == scenario}
+        lines += ["", f"### {scenario}", "", *header]
         budget_plot(out / f"budget_{scenario}.png", methods,
                     floor=floor[1] if floor else None, retrain_rounds=retrain_rounds,
                     title=f"{scenario}: gap against rounds spent")
@@ -78,7 +78,7 @@ def budget_section(out: Path, floors_from: Path | None = None) -> list[str]:
             lines.append(f"| {scenario} | {method} | " + " | ".join(cells)
                          + f" | {within} | {retrain_rounds} | "
                          + (f"{floor[1]:.2f} ± {floor[2]:.2f}" if floor else "n/a") + " |")
-        lines += ["", f"![{scenario}: budget](budget_{scenario}.png)", ""]
+        lines += ["", f"![{scenario}: budget](budget_{scenario}.png)"]
     return lines
 
 
