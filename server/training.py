@@ -73,7 +73,11 @@ def train_global(grid: Grid, settings: Job, federation: Federation,
     roster = discover_partitions(grid, settings.num_clients, t.node_timeout, payload)
     nodes = roster.nodes
     limits = node_limits(roster, federation)
-    LOG.info("federation: %d clients on nodes %s", len(nodes), list(nodes.values()))
+    shown = list(nodes.values())
+    # A thousand node ids are noise in a progress log: name a few, count the rest.
+    more = f" and {len(shown) - 8} more" if len(shown) > 8 else ""
+    LOG.info("federation: %d clients on nodes %s%s (%.1f s to discover)", len(nodes), shown[:8],
+             more, time.perf_counter() - started)
     evaluator = CentralEvaluator(settings, federation)
     key = settings.fingerprint
     interval = history_interval(settings)
