@@ -10,7 +10,7 @@ is its reset model: its curvature query (one more round, and most of its compute
 on the axis; TRIM trains only the reset entries (the TIS paper, Appendix 2).
 
 Usage: ``.venv/bin/python bench/recovery_budget.py [--seeds 0]``; writes
-``bench/recovery_budget/RESULTS.md``, ``results.json`` and ``budget_<scenario>.png``.
+``bench/unlearning/budget/RESULTS.md``, ``results.json`` and ``budget_<scenario>.png``.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--render-only", action="store_true",
                         help="redo the budget section from the committed results.json")
     args = parser.parse_args()
-    out = ROOT / "bench" / "recovery_budget"
+    out = ROOT / "bench" / "unlearning" / "budget"
     if not args.render_only:
         command = (".venv/bin/python bench/recovery_budget.py --seeds "
                    + " ".join(map(str, args.seeds)) + " --settings " + " ".join(args.settings))
