@@ -14,9 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from fedunlearn.evaluation.plots import _new_axes
+from fedunlearn.evaluation.plots import _new_axes, band
 from fedunlearn.evaluation.rows import MATCH_KEYS, _is_number, _match, _mean_std, _references
 from fedunlearn.evaluation.scores import GAP_KEYS, average_gap
 
@@ -144,10 +142,7 @@ def budget_plot(
     """
     figure, axes = _new_axes((6.0, 4.0))
     for method, curve in curves.items():
-        rounds = np.array(sorted(curve))
-        mean, std = np.array([curve[r] for r in rounds]).T
-        (line,) = axes.plot(rounds, mean, marker="o", markersize=3, label=str(method))
-        axes.fill_between(rounds, mean - std, mean + std, alpha=0.2, color=line.get_color())
+        band(axes, curve, str(method))
     if floor is not None:
         axes.axhspan(0.0, floor, color="grey", alpha=0.2, label="Retrain noise floor")
     if retrain_rounds is not None:

@@ -45,6 +45,17 @@ def _new_axes(figsize: tuple[float, float]) -> tuple[Figure, Any]:
     return figure, figure.add_subplot()
 
 
+def band(axes: Any, curve: Mapping[Any, tuple[float, float]], label: str) -> None:
+    """One line of means against rounds, with mean ± std shaded in its colour.
+
+    ``curve`` maps each round to ``(mean, std)``; rounds are drawn in ascending order.
+    """
+    rounds = sorted(curve)
+    mean, std = np.array([curve[r] for r in rounds]).T
+    (line,) = axes.plot(rounds, mean, marker="o", markersize=3, label=label)
+    axes.fill_between(rounds, mean - std, mean + std, alpha=0.2, color=line.get_color())
+
+
 def _plot_curves(
     out_dir: Path,
     curves: Sequence[Mapping[str, Any]],
@@ -68,10 +79,7 @@ def _plot_curves(
                         by_round.setdefault(c["round"], []).append(c[metric])
                 if not by_round:
                     continue
-                rounds = sorted(by_round)
-                mean, std = np.array([_mean_std(by_round[r]) for r in rounds]).T
-                (line,) = axes.plot(rounds, mean, marker="o", markersize=3, label=str(method))
-                axes.fill_between(rounds, mean - std, mean + std, alpha=0.2, color=line.get_color())
+                band(axes, {r: _mean_std(by_round[r]) for r in by_round}, str(method))
             axes.set_xlabel("recovery round")
             axes.set_ylabel(_LABELS.get(metric, metric))
             axes.set_title(f"{scenario}: {metric}")
