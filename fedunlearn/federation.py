@@ -106,6 +106,7 @@ def _build(key_json: str) -> Federation:
         seed=seed,
         test_fraction=ds["test_fraction"],
         hf=ds.get("hf"),
+        train_copies=ds["train_copies"],
     )
     partitions = partition(
         splits.train.labels.numpy(),

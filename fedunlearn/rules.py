@@ -198,6 +198,7 @@ def rules() -> dict[str, Rule]:
         "dataset.download": Rule("bool"),
         "dataset.image_size": _int(1, null=True),
         "dataset.test_fraction": _num(0, 1, low_open=True, high_open=True),
+        "dataset.train_copies": _int(1),
         "dataset.hf.subset": Rule("text", null=True, when=hub),
         "dataset.hf.data_files": Rule("mapping", null=True, when=hub),
         "dataset.hf.image_column": Rule("text", null=True, when=hub),

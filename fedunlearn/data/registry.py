@@ -341,10 +341,37 @@ def _image_data(
     )
 
 
+def _shifted_copies(train: ImageData, copies: int, seed: int) -> ImageData:
+    """``train`` followed by ``copies - 1`` copies of it, each image shifted by a random
+    whole number of pixels in [-2, 2] along each axis (the gap filled with the
+    background, the image's minimum), as in the classic augmentations of MNIST.
+
+    Scale studies need more samples than the embedded sets hold (1,000 clients); the
+    copies keep the set's real classes and difficulty, and the test part is never
+    copied, so test accuracy stays a measure on unseen images.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    parts = [train.images]
+    pad = 2
+    for _ in range(copies - 1):
+        images = train.images
+        background = images.amin(dim=(1, 2, 3), keepdim=True)
+        padded = F.pad(images - background, (pad, pad, pad, pad)) + background
+        shifts = torch.randint(0, 2 * pad + 1, (len(images), 2), generator=generator)
+        out = torch.empty_like(images)
+        height, width = images.shape[-2:]
+        for dy in range(2 * pad + 1):
+            for dx in range(2 * pad + 1):
+                rows = torch.nonzero((shifts[:, 0] == dy) & (shifts[:, 1] == dx)).flatten()
+                out[rows] = padded[rows, :, dy:dy + height, dx:dx + width]
+        parts.append(out)
+    return ImageData(torch.cat(parts), train.labels.repeat(copies), train.num_classes)
+
+
 def _splits(name: str, arrays: _Arrays, source: _Source, image_size: int | None, seed: int,
-            test_fraction: float) -> DatasetSplits:
+            test_fraction: float, copies: int = 1) -> DatasetSplits:
     """Train and test parts as normalized tensors (a test part split off when the set has
-    no official one)."""
+    no official one; the train part repeated ``copies`` times, see :func:`_shifted_copies`)."""
     if arrays.test_x is not None and arrays.test_y is not None:
         train_xy, test_xy = (arrays.train_x, arrays.train_y), (arrays.test_x, arrays.test_y)
     else:
@@ -352,6 +379,8 @@ def _splits(name: str, arrays: _Arrays, source: _Source, image_size: int | None,
         train_xy = (arrays.train_x[train_ids], arrays.train_y[train_ids])
         test_xy = (arrays.train_x[test_ids], arrays.train_y[test_ids])
     train = _image_data(*train_xy, arrays.num_classes, source, image_size)
+    if copies > 1:
+        train = _shifted_copies(train, copies, seed)
     test = _image_data(*test_xy, arrays.num_classes, source, image_size)
     channels, height, width = train.images.shape[1:]
     return DatasetSplits(train, test, name, arrays.num_classes, (channels, height, width))
@@ -359,7 +388,8 @@ def _splits(name: str, arrays: _Arrays, source: _Source, image_size: int | None,
 
 @functools.lru_cache(maxsize=4)
 def _load_cached(
-    name: str, root: str | None, image_size: int | None, seed: int, test_fraction: float
+    name: str, root: str | None, image_size: int | None, seed: int, test_fraction: float,
+    copies: int = 1,
 ) -> DatasetSplits:
     source = _REGISTRY[name]
     if root is not None and (missing := _missing(source, root)):
@@ -367,18 +397,18 @@ def _load_cached(
     arrays = source.read(root, image_size)
     if source.official_split and arrays.test_x is None:
         raise AssertionError(f"{name}: the reader returned no test part")
-    return _splits(name, arrays, source, image_size, seed, test_fraction)
+    return _splits(name, arrays, source, image_size, seed, test_fraction, copies)
 
 
 @functools.lru_cache(maxsize=2)
 def _load_hub(path: str, options_json: str, image_size: int | None, seed: int,
-              test_fraction: float) -> DatasetSplits:
+              test_fraction: float, copies: int = 1) -> DatasetSplits:
     from fedunlearn.data.hf import channel_stats, read_hub
 
     arrays = _Arrays(*read_hub(path, json.loads(options_json)))
     mean, std = channel_stats(arrays.train_x)
     source = _Source(lambda _root, _size: arrays, mean, std)
-    return _splits("hf", arrays, source, image_size, seed, test_fraction)
+    return _splits("hf", arrays, source, image_size, seed, test_fraction, copies)
 
 
 def load_dataset(
@@ -390,6 +420,7 @@ def load_dataset(
     seed: int = 0,
     test_fraction: float = 0.2,
     hf: Mapping[str, Any] | None = None,
+    train_copies: int = 1,
 ) -> DatasetSplits:
     """Load a data set's train and test parts as normalized tensors.
 
@@ -418,6 +449,10 @@ def load_dataset(
     hf : mapping, optional
         For ``name="hf"`` (``root`` is then the Hub id or packaged builder): the
         options of :func:`fedunlearn.data.hf.read_hub`.
+    train_copies : int
+        The train part repeated this many times, each copy after the first shifted by
+        up to 2 pixels (:func:`_shifted_copies`): enough samples for 1,000 clients from
+        the embedded digits. The test part is never copied.
 
     Returns
     -------
@@ -438,12 +473,15 @@ def load_dataset(
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     if image_size is not None and image_size < 1:
         raise ValueError(f"image_size must be a positive integer or None, got {image_size}")
+    if train_copies < 1:
+        raise ValueError(f"train_copies must be a positive integer, got {train_copies}")
     if name == "hf":
         if not root:
             raise ValueError("hf: dataset.root must name the Hugging Face data set "
                              "(a Hub id, or a builder such as parquet with dataset.hf.data_files)")
         options = json.dumps(dict(hf or {}), sort_keys=True, default=str)
-        return _load_hub(os.fspath(root), options, image_size, seed, test_fraction)
+        return _load_hub(os.fspath(root), options, image_size, seed, test_fraction,
+                         train_copies)
     source = _REGISTRY[name]
     # Normalize the cache key so that equivalent calls share one entry.
     image_size = image_size or source.default_size
@@ -451,7 +489,7 @@ def load_dataset(
         seed, test_fraction = 0, 0.2  # unused by these sets
     if not source.files:
         # Embedded sets ignore root.
-        return _load_cached(name, None, image_size, seed, test_fraction)
+        return _load_cached(name, None, image_size, seed, test_fraction, train_copies)
     if root is None:
         raise ValueError(
             f"{name}: dataset.root must be set to the folder holding {source.layout.split('/')[0]}/"
@@ -459,4 +497,4 @@ def load_dataset(
     root = os.path.abspath(os.path.expanduser(os.fspath(root)))
     if download and _missing(source, root):
         _download(name, root)
-    return _load_cached(name, root, image_size, seed, test_fraction)
+    return _load_cached(name, root, image_size, seed, test_fraction, train_copies)

@@ -80,6 +80,30 @@ def test_mnist_embedded_test_fraction() -> None:
     assert (len(splits.train), len(splits.test)) == (4500, 500)
 
 
+def test_train_copies_shift_the_train_part_and_leave_test_alone(
+    mnist_embedded: DatasetSplits,
+) -> None:
+    copied = load_dataset("mnist_embedded", train_copies=3)
+    train, first = copied.train, mnist_embedded.train
+    assert len(train) == 3 * len(first) and torch.equal(copied.test.images,
+                                                          mnist_embedded.test.images)
+    assert torch.equal(train.images[: len(first)], first.images)  # the originals come first
+    assert torch.equal(train.labels, first.labels.repeat(3))
+    copy = train.images[len(first): 2 * len(first)]
+    background = first.images.amin()
+    # Each copy image is its original moved by at most 2 pixels in each direction: the
+    # original must reappear, whole, at one of the 25 offsets (the gap is background).
+    for i in (0, 17, 3999):
+        padded = torch.nn.functional.pad(first.images[i] - background, (2, 2, 2, 2)) + background
+        assert any(torch.equal(copy[i], padded[:, dy:dy + 28, dx:dx + 28])
+                   for dy in range(5) for dx in range(5))
+    moved = sum(not torch.equal(copy[i], first.images[i]) for i in range(200))
+    assert moved > 150  # 24 of 25 offsets move the image
+    assert torch.equal(load_dataset("mnist_embedded", train_copies=3).train.images, train.images)
+    with pytest.raises(ValueError, match="train_copies must be a positive integer"):
+        load_dataset("mnist_embedded", train_copies=0)
+
+
 def test_digits() -> None:
     splits = load_dataset("digits")
     _check_splits(splits, "digits", (1, 8, 8), 10)
