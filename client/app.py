@@ -25,14 +25,16 @@ from client.node import (
     record_deletion,
     stored_self_check,
 )
+from client.pending import pending_mod
 from client.timing import timing_mod
 from fedunlearn import protocol as P
 from fedunlearn.training import distance, pick_device, project_to_ball
 from fedunlearn.training import evaluate as evaluate_model
 from fedunlearn.training import train as train_model
 
-# Every reply says where its time went on the node (bench/deployment reads it).
-app = ClientApp(mods=[timing_mod])
+# Every reply says where its time went on the node (bench/deployment reads it), and
+# whether forget requests wait in the node's outbox (the server then polls it).
+app = ClientApp(mods=[timing_mod, pending_mod])
 
 
 @app.query(P.NODEINFO)

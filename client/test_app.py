@@ -255,3 +255,24 @@ def test_every_reply_says_where_its_time_went_on_the_node():
     timing = reply.content.config_records[P.TIMING]
     assert timing["process-start"] <= timing["handler-start"] <= timing["handler-end"]
     assert reply.content.config_records[P.INFO][P.PARTITION_ID] == 0
+
+
+def test_a_reply_says_requests_wait_until_a_poll_acknowledges_them(tmp_path):
+    from client.app import app
+    from fedunlearn.outbox import Outbox
+
+    box = tmp_path / "outbox.sqlite"
+    ctx = Context(run_id=1, node_id=5, node_config={"partition-id": 1, "outbox": str(box)},
+                  state=RecordDict(), run_config={})
+    info = Message(RecordDict(), message_type="query.nodeinfo", dst_node_id=5)
+    assert P.PENDING not in app(info, ctx).content.config_records  # nothing waits
+    request = scenario_request({"kind": "client", "client": 1})
+    with Outbox(box) as outbox:
+        outbox.add(request)
+        assert outbox.count_unsent() == 1
+    assert app(info, ctx).content.config_records[P.PENDING]["count"] == 1
+    poll = Message(RecordDict({P.ACK: ConfigRecord({"0": request.request_id})}),
+                   message_type="query.requests", dst_node_id=5)
+    reply = app(poll, ctx)  # the acknowledging poll: the reply says none wait any more
+    assert P.PENDING not in reply.content.config_records
+    assert P.PENDING not in app(info, context()).content.config_records  # no outbox at all

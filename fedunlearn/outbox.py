@@ -162,6 +162,12 @@ class Outbox(SQLiteFile):
         ).fetchall()
         return [ForgetRequest.from_json(body) for (body,) in rows]
 
+    def count_unsent(self) -> int:
+        """How many requests wait to be handed to the server (a cheap look, no parsing)."""
+        (count,) = self._conn.execute(
+            "SELECT COUNT(*) FROM outbox WHERE sent IS NULL").fetchone()
+        return int(count)
+
     def mark_sent(self, ids: Iterable[str]) -> None:
         """Mark requests as sent; a request already sent keeps its first time.
 

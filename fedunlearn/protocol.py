@@ -37,6 +37,7 @@ ACK = "ack"          # ConfigRecord of a requests poll: keys the ledger now hold
 DELETED = "deleted"  # ConfigRecord in a node's state: requests whose data it deleted
 SELF_CHECK = "self-check"  # MetricRecord of a delete reply: the node's check of a receipt
 TIMING = "timing"    # ConfigRecord of every reply: when its process started, the handler ran
+PENDING = "pending"  # ConfigRecord of a reply: {"count": requests the node holds unsent}
 
 
 def curvature_key(part: str) -> str:

@@ -286,6 +286,7 @@ def rules() -> dict[str, Rule]:
         "serve.round_timeout": _num(0, low_open=True),
         "serve.min_nodes": _int(1),
         "serve.round_retries": _int(0),
+        "serve.poll_per_round": _int(1, null=True),
         "unlearn.curvature.estimator": _one_of(ESTIMATORS),
         "unlearn.curvature.batch_size": _int(1),
         "unlearn.curvature.mc_samples": _int(1),

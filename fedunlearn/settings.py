@@ -106,6 +106,7 @@ class Job:
     serve_snapshots: bool
     serve_min_nodes: int
     serve_round_retries: int
+    serve_poll_per_round: int | None
     cache_dir: str
     reuse_trained: bool
     ledger: str
@@ -164,6 +165,8 @@ class Job:
             serve_snapshots=bool(plain["serve"]["snapshots"]),
             serve_min_nodes=int(plain["serve"]["min_nodes"]),
             serve_round_retries=int(plain["serve"]["round_retries"]),
+            serve_poll_per_round=(None if plain["serve"]["poll_per_round"] is None
+                                  else int(plain["serve"]["poll_per_round"])),
             cache_dir=str(plain["cache_dir"]),
             reuse_trained=bool(plain["reuse_trained"]),
             ledger=str(un["ledger"]),

@@ -6,7 +6,9 @@ whose replies arrive 0.1 s after the push still waits 3 s. This Grid pushes and 
 with the Grid's own ``push_messages`` and ``pull_messages`` calls and pulls every
 ``runtime.collect_interval`` seconds instead (a pull costs a few milliseconds on both
 sides). It also keeps each message's timeline (pushed, collected, and the node's
-``timing`` record: :mod:`client.timing`) for ``bench/deployment``.
+``timing`` record: :mod:`client.timing`) for ``bench/deployment``, and which nodes
+said in their last reply that forget requests wait in their outbox
+(:mod:`client.pending`), so that the server polls them without polling everyone.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ class CollectingGrid(Grid):
         # One dict per message: type, node, pushed, collected (Unix s) and the node's
         # timing record (process-start, handler-start, handler-end) when it replied.
         self.timeline: list[dict[str, float | int | str]] = []
+        # Node ids whose last reply with content carried a positive ``pending`` count.
+        self.pending: set[int] = set()
 
     # Everything but collection is the inner Grid's.
     def set_run(self, run: Run) -> None:  # noqa: D102
@@ -89,12 +93,29 @@ class CollectingGrid(Grid):
                 mid = reply.metadata.reply_to_message_id
                 waiting.discard(mid)
                 self._record(started.get(mid), reply, now)
+                self._note_pending(started.get(mid), reply)
             replies.extend(got)
             if not waiting or (deadline is not None and time.monotonic() >= deadline):
                 break
             time.sleep(self.interval if deadline is None
                        else max(0.0, min(self.interval, deadline - time.monotonic())))
         return replies
+
+    def _note_pending(self, entry: dict | None, reply: Message) -> None:
+        """Remember whether the node that sent ``reply`` holds unsent requests.
+
+        The node is the one the message went to (a reply's own source id is not
+        trusted), and a count that is not a positive whole number counts as none.
+        """
+        if entry is None or not reply.has_content():
+            return
+        node = int(entry["node"])
+        record = reply.content.config_records.get(P.PENDING)
+        count = record.get("count", 0) if record is not None else 0
+        if isinstance(count, int) and not isinstance(count, bool) and count > 0:
+            self.pending.add(node)
+        else:
+            self.pending.discard(node)
 
     def _record(self, entry: dict | None, reply: Message, collected: float) -> None:
         if entry is None:

@@ -38,10 +38,46 @@ def scheduled_request(settings: Job) -> ForgetRequest | None:
     return scenario_request({"seed": settings.seed, **settings.request})
 
 
+def poll_targets(active: dict[int, int], rnd: int, per_round: int | None,
+                 pending: set[int] = frozenset()) -> dict[int, int]:
+    """The nodes to ask for requests at the start of round ``rnd``.
+
+    Polling every node every round costs a message per node and round: 1,000 a round
+    in a federation of 1,000. Instead a round asks the nodes whose last reply said
+    that requests wait (``pending``, node ids: :mod:`client.pending`, so a node that
+    trained last round is heard the next), plus a window of ``per_round`` partitions
+    that moves on each round, so that every node is asked at least once every
+    ``ceil(len(active) / per_round)`` rounds, even one never sampled or whose word was
+    lost.
+
+    Parameters
+    ----------
+    active : dict of partition id to node id
+        The nodes that may be polled (connected, not forgotten).
+    rnd : int
+        The round about to start (1-based), which places the window.
+    per_round : int or None
+        The window's size; None (or at least ``len(active)``) asks every node.
+    pending : set of int
+        Node ids that said they hold unsent requests.
+
+    Returns
+    -------
+    dict of partition id to node id
+        The subset of ``active`` to poll, in partition order.
+    """
+    ordered = sorted(active)
+    if per_round is None or per_round >= len(ordered):
+        return dict(active)
+    start = ((rnd - 1) * per_round) % len(ordered)
+    window = {ordered[(start + i) % len(ordered)] for i in range(per_round)}
+    return {pid: active[pid] for pid in ordered if pid in window or active[pid] in pending}
+
+
 def poll_requests(
     grid: Grid, nodes: dict[int, int], timeout: float, ack: dict[int, list[str]] | None = None
 ) -> list[tuple[int, str, str]]:
-    """Ask every node for the requests its users recorded (``query.requests``).
+    """Ask the nodes in ``nodes`` for the requests their users recorded (``query.requests``).
 
     Parameters
     ----------

@@ -47,7 +47,7 @@ from server.central import CentralEvaluator
 from server.checkpoint import Checkpoint
 from server.delivery import deliver, model_path
 from server.forgetting import ledger_path, signing_key
-from server.intake import take_requests
+from server.intake import poll_targets, take_requests
 from server.nodes import Roster, discover_partitions, refresh
 from server.progress import RunLog
 from server.training import TrainOutcome, aggregator, node_limits
@@ -290,6 +290,11 @@ def serve(grid: Grid, settings: Job, federation: Federation, out_dir: Path) -> T
     run_log = RunLog(out_dir)
     path = ledger_path(settings, out_dir)
     key = signing_key(settings, path)
+    per_round = settings.serve_poll_per_round
+    if per_round is not None and per_round < len(live.active):
+        LOG.info("[serve] request polls: nodes that say requests wait, plus %d of %d nodes "
+                 "a round (each asked at least every %d rounds)", per_round, len(live.active),
+                 -(-len(live.active) // per_round))
     with Ledger(path) as ledger:
         resumed = len(live.history)
         live.adopt_sealed(ledger)
@@ -301,7 +306,9 @@ def serve(grid: Grid, settings: Job, federation: Federation, out_dir: Path) -> T
             if live.unsure:  # their last notice failed: again, whatever the ledger says
                 live.tell(ledger, {p: live.roster.nodes[p] for p in live.unsure}, again=True)
             live.tell(ledger)
-            take_requests(grid, live.active, ledger, live.timeout, schedule.get(rnd, []))
+            polled = poll_targets(live.active, rnd, settings.serve_poll_per_round,
+                                  getattr(grid, "pending", set()))
+            take_requests(grid, polled, ledger, live.timeout, schedule.get(rnd, []))
             live.answer(ledger, key, rnd)
             live.train_round(rnd, run_log)
     accuracy = float(live.evaluator(0, live.arrays)["test_accuracy"])

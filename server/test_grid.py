@@ -13,8 +13,9 @@ class SlowGrid:
     """A grid whose node n replies on the ``delays[n]``-th pull after the push (never
     when absent); replies carry a node timing record."""
 
-    def __init__(self, delays: dict[int, int]) -> None:
+    def __init__(self, delays: dict[int, int], pending: dict[int, object] | None = None) -> None:
         self.delays = delays
+        self.pending_counts = pending or {}
         self.pulls = 0
         self.pending: dict[str, tuple[int, Message]] = {}
 
@@ -28,9 +29,11 @@ class SlowGrid:
             msg.metadata.__dict__["_message_id"] = mid
             node = msg.metadata.dst_node_id
             if self.delays[node] is not None:
-                reply = Message(RecordDict({P.TIMING: ConfigRecord({
-                    "process-start": 1.0, "handler-start": 2.0, "handler-end": 3.0})}),
-                    reply_to=msg)
+                content = RecordDict({P.TIMING: ConfigRecord({
+                    "process-start": 1.0, "handler-start": 2.0, "handler-end": 3.0})})
+                if node in self.pending_counts:
+                    content[P.PENDING] = ConfigRecord({"count": self.pending_counts[node]})
+                reply = Message(content, reply_to=msg)
                 self.pending[mid] = (self.delays[node], reply)
             ids.append(mid)
         return ids
@@ -76,3 +79,15 @@ def test_everything_else_is_the_inner_grid_and_a_bad_interval_is_refused():
     assert list(CollectingGrid(inner, 0.1).get_node_ids()) == [4, 5]
     with pytest.raises(ValueError, match="collect_interval must be > 0"):
         CollectingGrid(inner, 0)
+
+
+def test_nodes_that_say_requests_wait_are_remembered_until_they_say_none():
+    grid = CollectingGrid(SlowGrid({1: 1, 2: 1, 3: 1, 4: 1, 5: None},
+                                   {1: 2, 2: 0, 3: -4, 4: "9"}), interval=0.01)
+    list(grid.send_and_receive(messages([1, 2, 3, 4, 5]), timeout=0.2))
+    assert grid.pending == {1}  # zero, negative, text and silence are not "pending"
+    grid.inner.pending_counts = {}
+    list(grid.send_and_receive(messages([2]), timeout=1))
+    assert grid.pending == {1}  # a node not heard from keeps its last word
+    list(grid.send_and_receive(messages([1]), timeout=1))
+    assert grid.pending == set()

@@ -103,3 +103,22 @@ def test_take_requests_records_acks_and_survives_a_rogue(ledger, fake_grid) -> N
     # Polled again (a restarted server): nothing is added twice.
     take_requests(fake_grid([7, 8], answer), {0: 7, 1: 8}, ledger, 1.0, scheduled)
     assert len(ledger.all()) == 2
+
+
+def test_poll_targets_cover_every_node_within_a_bound_and_add_those_that_wait() -> None:
+    from server.intake import poll_targets
+
+    active = {pid: 1000 + pid for pid in range(10) if pid != 4}  # 9 nodes, 4 forgotten
+    assert poll_targets(active, 1, None) == active
+    assert poll_targets(active, 3, 9) == active
+    seen: set[int] = set()
+    for rnd in range(1, 4):  # ceil(9 / 3) rounds reach every node
+        polled = poll_targets(active, rnd, 3)
+        assert len(polled) == 3 and set(polled.items()) <= set(active.items())
+        seen |= set(polled)
+    assert seen == set(active)
+    # A node that said requests wait is asked in the very next round, window or not.
+    window = set(poll_targets(active, 5, 3))
+    outside = next(pid for pid in active if pid not in window)
+    polled = poll_targets(active, 5, 3, {active[outside], 99999})
+    assert set(polled) == window | {outside}
