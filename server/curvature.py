@@ -22,6 +22,7 @@ from flwr.serverapp import Grid
 from fedunlearn import protocol as P
 from fedunlearn.unlearning.curvature import NONNEGATIVE, resolve_estimator
 from fedunlearn.unlearning.tis import CurvatureAccumulator, CurvatureReplyError
+from server.grid import each_reply
 from strategies.replies import reply_node
 
 LOG = logging.getLogger("fedunlearn")
@@ -113,7 +114,8 @@ def query_curvature(
     messages = [Message(content, message_type=P.query(P.CURVATURE), dst_node_id=n) for n in nodes]
     refused: list[tuple[int, str]] = []
     received = flops = 0
-    for reply in grid.send_and_receive(messages, timeout=timeout):
+    # One reply at a time: the sums are O(parameters), and so is what is held here.
+    for reply in each_reply(grid, messages, timeout):
         node = reply_node(reply, messages)
         try:
             fold_reply(acc, reply, (limits or {}).get(node))

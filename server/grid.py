@@ -14,7 +14,7 @@ said in their last reply that forget requests wait in their outbox
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from flwr.app import Message
 from flwr.serverapp import Grid
@@ -22,7 +22,7 @@ from flwr.supercore.run import Run
 
 from fedunlearn import protocol as P
 
-__all__ = ["CollectingGrid"]
+__all__ = ["CollectingGrid", "each_reply"]
 
 # Timelines kept at most (a long serve run sends many messages; the newest count).
 TIMELINE_LIMIT = 10_000
@@ -77,6 +77,14 @@ class CollectingGrid(Grid):
         Same contract as Flower's ``Grid.send_and_receive``: the replies that came,
         in arrival order; ``timeout=None`` waits for all.
         """
+        return list(self.stream(messages, timeout=timeout))
+
+    def stream(self, messages: Iterable[Message], *,
+               timeout: float | None = None) -> Iterator[Message]:
+        """:meth:`send_and_receive`, but each reply is handed over as soon as it is
+        pulled, so that a caller that folds replies one by one (TIS's curvature sums)
+        holds one reply at a time, not all of them: 1,000 curvature replies of a few
+        MB each would otherwise sit in memory together."""
         messages = list(messages)
         pushed_at = time.time()
         ids = list(self.push_messages(messages))
@@ -85,21 +93,21 @@ class CollectingGrid(Grid):
         del messages
         waiting = set(ids)
         deadline = None if timeout is None else time.monotonic() + timeout
-        replies: list[Message] = []
         while waiting:
             got = list(self.pull_messages(waiting))
             now = time.time()
-            for reply in got:
+            while got:
+                reply = got.pop(0)  # not kept here once handed over
                 mid = reply.metadata.reply_to_message_id
                 waiting.discard(mid)
                 self._record(started.get(mid), reply, now)
                 self._note_pending(started.get(mid), reply)
-            replies.extend(got)
+                yield reply
+                del reply
             if not waiting or (deadline is not None and time.monotonic() >= deadline):
                 break
             time.sleep(self.interval if deadline is None
                        else max(0.0, min(self.interval, deadline - time.monotonic())))
-        return replies
 
     def _note_pending(self, entry: dict | None, reply: Message) -> None:
         """Remember whether the node that sent ``reply`` holds unsent requests.
@@ -126,3 +134,13 @@ class CollectingGrid(Grid):
                           for k, v in reply.content.config_records[P.TIMING].items()})
         self.timeline.append(entry)
         del self.timeline[:-TIMELINE_LIMIT]
+
+
+def each_reply(grid: Grid, messages: Iterable[Message], timeout: float | None
+               ) -> Iterator[Message]:
+    """The replies to ``messages`` one at a time as they are collected
+    (:meth:`CollectingGrid.stream`); any other Grid gives its list of replies."""
+    stream = getattr(grid, "stream", None)
+    if stream is not None:
+        return stream(messages, timeout=timeout)
+    return iter(grid.send_and_receive(messages, timeout=timeout))

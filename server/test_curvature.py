@@ -87,3 +87,37 @@ def test_too_few_replies_fail_the_request():
     with pytest.raises(CurvatureError, match="N_T = 0"):
         run({1: lambda m: reply(m, None, 0, diag(4.0), 6),
              2: lambda m: reply(m, None, 0, diag(4.0), 6)}, min_replies=2)
+
+
+def test_replies_are_folded_as_they_come_not_held_together():
+    """Through the server's CollectingGrid, 60 replies never sit in memory at once."""
+    import weakref
+
+    from server.grid import CollectingGrid
+
+    alive: set[int] = set()
+    most = [0]
+
+    class TrickleGrid:  # one node's reply ready per pull, made when pulled
+        def push_messages(self, messages):
+            self.queue = []
+            for i, msg in enumerate(messages):
+                msg.metadata.__dict__["_message_id"] = f"m{i}"
+                self.queue.append(msg)
+            return [m.metadata.message_id for m in self.queue]
+
+        def pull_messages(self, ids):
+            most[0] = max(most[0], len(alive))
+            if not self.queue:
+                return []
+            made = reply(self.queue.pop(0), diag(2.0), 2, diag(4.0), 6)
+            alive.add(id(made))
+            weakref.finalize(made, alive.discard, id(made))
+            return [made]
+
+    grid = CollectingGrid(TrickleGrid(), interval=0.001)
+    result = query_curvature(grid, list(range(60)), ArrayRecord(diag(0.0)), ConfigRecord(),
+                             model(), "diag_ggn_exact", min_replies=60, timeout=30)
+    assert result.replies == 60
+    assert torch.allclose(result.h["0.weight"], torch.full((2, 3), 3.5))
+    assert most[0] <= 1  # with send_and_receive's list, all 60 would be alive at the end
