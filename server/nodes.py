@@ -110,6 +110,15 @@ def discover_partitions(
         time.sleep(poll)
 
 
+def announce(roster: Roster, seconds: float) -> None:
+    """Log who took part after discovery: a few node ids and a count (a thousand ids are
+    noise in a progress log), and how long discovery took."""
+    shown = list(roster.nodes.values())
+    more = f" and {len(shown) - 8} more" if len(shown) > 8 else ""
+    LOG.info("federation: %d clients on nodes %s%s (%.1f s to discover)", len(shown),
+             shown[:8], more, seconds)
+
+
 def refresh(grid: Grid, roster: Roster, num_clients: int, timeout: float,
             config: ConfigRecord | None = None) -> Roster:
     """Take in the nodes that (re)joined since ``roster`` was made.

@@ -48,7 +48,7 @@ from server.checkpoint import Checkpoint
 from server.delivery import deliver, model_path
 from server.forgetting import ledger_path, signing_key
 from server.intake import poll_targets, take_requests
-from server.nodes import Roster, discover_partitions, refresh
+from server.nodes import Roster, announce, discover_partitions, refresh
 from server.progress import RunLog
 from server.training import TrainOutcome, aggregator, node_limits
 from strategies.fedavg import FederatedAveraging
@@ -89,8 +89,10 @@ class LiveFederation:
                                                                   federation, out_dir)
         self.timeout = settings.serve_round_timeout
         config = ConfigRecord({P.PAYLOAD: settings.payload})
+        started = time.perf_counter()
         self.roster: Roster = discover_partitions(grid, settings.num_clients,
                                                   settings.train.node_timeout, config)
+        announce(self.roster, time.perf_counter() - started)
         self.limits = node_limits(self.roster, federation)
         self.evaluator = CentralEvaluator(settings, federation)
         self.state_path = out_dir / STATE

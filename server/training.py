@@ -19,7 +19,7 @@ from fedunlearn.settings import Job
 from server.central import CentralEvaluator
 from server.checkpoint import Checkpoint, cache_path, cached
 from server.history import HistoryUnavailable, Recorder, UpdateHistory, history_path
-from server.nodes import Roster, discover_partitions
+from server.nodes import Roster, announce, discover_partitions
 from server.progress import RunLog
 from strategies.fedavg import FederatedAveraging
 from strategies.robust import make_aggregator
@@ -73,11 +73,7 @@ def train_global(grid: Grid, settings: Job, federation: Federation,
     roster = discover_partitions(grid, settings.num_clients, t.node_timeout, payload)
     nodes = roster.nodes
     limits = node_limits(roster, federation)
-    shown = list(nodes.values())
-    # A thousand node ids are noise in a progress log: name a few, count the rest.
-    more = f" and {len(shown) - 8} more" if len(shown) > 8 else ""
-    LOG.info("federation: %d clients on nodes %s%s (%.1f s to discover)", len(nodes), shown[:8],
-             more, time.perf_counter() - started)
+    announce(roster, time.perf_counter() - started)
     evaluator = CentralEvaluator(settings, federation)
     key = settings.fingerprint
     interval = history_interval(settings)

@@ -27,7 +27,7 @@ from pathlib import Path
 from fedunlearn.errors import UserError
 
 __all__ = [
-    "DeploymentError", "Service", "detached_groups", "free_ports", "group_members",
+    "DeploymentError", "Service", "descendants", "detached_groups", "free_ports", "group_members",
     "port_free", "service_env", "stop_group", "stop_groups", "wait_for_port",
 ]
 
@@ -58,6 +58,21 @@ def _cmdline(pid: int) -> list[str]:
             return handle.read().decode(errors="replace").split("\0")
     except OSError:
         return []
+
+
+def descendants(root: int) -> list[int]:
+    """Pids of ``root`` and every live process below it by parent pid, whatever their
+    process group or session (Ray's GCS, raylet and workers below a simulation)."""
+    children: dict[int, list[int]] = {}
+    for pid, state, ppid, _ in _processes():
+        if state not in ("Z", "X"):
+            children.setdefault(ppid, []).append(pid)
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
 
 
 def group_members(pgid: int) -> list[int]:
