@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -134,8 +135,15 @@ def _compose_job(overrides: list[str]) -> DictConfig:
 
 
 def parse_overrides(text: str) -> list[str]:
-    """Split the run-config string ``"a=1 b=x"`` into Hydra overrides."""
-    return [part for part in text.split() if part]
+    """Split the run-config string ``"a=1 b=x"`` into Hydra overrides (shell quoting, so
+    that an override holding spaces, e.g. ``serve.schedule=[{round: 3, ...}]``, stays one:
+    :func:`join_overrides` writes it)."""
+    return [part for part in shlex.split(text) if part]
+
+
+def join_overrides(overrides: list[str]) -> str:
+    """The run-config string of ``overrides`` (:func:`parse_overrides` reads it back)."""
+    return shlex.join(overrides)
 
 
 def _first_line(exc: BaseException) -> str:

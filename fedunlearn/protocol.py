@@ -80,3 +80,6 @@ SUMMED_METRICS = (NUM_EXAMPLES, FLOPS, BYTES_RECEIVED, BYTES_SENT, TRAIN_SECONDS
 def count_key(part: str) -> str:
     """MetricRecord key of a curvature reply's sample count for ``part``."""
     return f"n-{part}"
+
+# In the results folder: the ServerApp's job returned or raised (JSON: run_id, ok, error).
+DONE_FILE = "serverapp.done"

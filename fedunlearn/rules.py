@@ -235,6 +235,7 @@ def rules() -> dict[str, Rule]:
         "runtime.client_gpus": _num(0, when=simulation),
         "runtime.num_cpus": _int(1, null=True, when=simulation),
         "runtime.ray_address": Rule("text", null=True, when=simulation),
+        "runtime.launch": _one_of(("flwr-run", "in-process"), when=simulation),
         "runtime.host": Rule("text", when=deployment),
         "runtime.superlink_port": port,
         "runtime.clientappio_base_port": port,
@@ -245,7 +246,7 @@ def rules() -> dict[str, Rule]:
         "runtime.restart_spacing": _num(0, when=deployment),
         "runtime.resubmits": _int(0, when=deployment),
         "runtime.superlink_timeout": _num(0, low_open=True, when=deployment),
-        "runtime.run_timeout": _num(0, low_open=True, when=deployment),
+        "runtime.run_timeout": _num(0, low_open=True),
         "runtime.executor": _one_of(("warm", "stock"), when=deployment),
         "runtime.task_poll_interval": _num(0.01, 60, when=deployment),
         "runtime.node_threads": _int(1, null=True, when=deployment),
@@ -338,6 +339,9 @@ def _check_ray_resources(runtime: DictConfig) -> None:
     (or fail deep in Ray): refuse them here. On an existing cluster (``ray_address``) the
     cluster owns its resources, so only what cannot be asked of it is refused."""
     if runtime.ray_address is not None:
+        _need(runtime.launch == "in-process",
+              f"runtime.ray_address needs runtime.launch=in-process: `flwr run`'s "
+              f"simulation starts its own Ray instance, got launch={runtime.launch}")
         _need(runtime.num_cpus is None,
               f"runtime.num_cpus must be null with runtime.ray_address (the cluster at "
               f"{runtime.ray_address} has its own CPUs), got {runtime.num_cpus}")

@@ -15,6 +15,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig
 
+from fedunlearn import protocol as P
 from fedunlearn.config import compose, parse_overrides
 from fedunlearn.federation import build_federation
 from fedunlearn.settings import Job
@@ -57,10 +58,23 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Deployment entry point: config from the run config, then :func:`run_job`."""
-    cfg = compose(parse_overrides(str(context.run_config.get("overrides", ""))))
-    out = str(context.run_config.get("output-dir", "")) or f"outputs/flwr-run-{context.run_id}"
-    run_job(grid, cfg, Path(out), str(context.run_config.get("job", "run")))
+    """Entry point of ``flwr run`` (deployment, and simulation launched with ``flwr run``):
+    config from the run config, then :func:`run_job`; ``serverapp.done`` written at the
+    end, whatever happened."""
+    out = Path(str(context.run_config.get("output-dir", ""))
+               or f"outputs/flwr-run-{context.run_id}")
+    outcome: dict[str, Any] = {"run_id": context.run_id, "ok": False}
+    try:
+        cfg = compose(parse_overrides(str(context.run_config.get("overrides", ""))))
+        run_job(grid, cfg, out, str(context.run_config.get("job", "run")))
+        outcome["ok"] = True
+    except BaseException as exc:
+        outcome["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        raise
+    finally:
+        out.mkdir(parents=True, exist_ok=True)
+        # The launcher asks Flower for the run's status as soon as this file appears.
+        (out / P.DONE_FILE).write_text(json.dumps(outcome))
 
 
 def make_server_app(

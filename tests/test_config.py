@@ -113,8 +113,12 @@ README_VGG = "unknown model 'vgg'; known: cnn, cnn_nonorm, resnet18, vit_b16, vi
         (["runtime.num_cpus=0"], "runtime.num_cpus must be an integer >= 1 or null"),
         (["runtime.num_cpus=2", "runtime.client_cpus=3"],
          "runtime.client_cpus is 3, but Ray may use 2 CPUs here: no client could ever start"),
-        (["runtime.ray_address=127.0.0.1:6379", "runtime.num_cpus=2"],
-         "runtime.num_cpus must be null with runtime.ray_address"),
+        (["runtime.ray_address=127.0.0.1:6379", "runtime.launch=in-process",
+          "runtime.num_cpus=2"], "runtime.num_cpus must be null with runtime.ray_address"),
+        (["runtime.ray_address=127.0.0.1:6379"],
+         "runtime.ray_address needs runtime.launch=in-process"),
+        (["runtime.launch=ray"], "runtime.launch must be one of"),
+        (["runtime.run_timeout=0"], "runtime.run_timeout must be a number"),
         (["runtime.ray_address=[1]"], "runtime.ray_address must be"),
         # The attack and the scenario's request.
         (["attack=backdoor", "attack.client=10"], "attack.client must be < num_clients (10)"),
@@ -284,3 +288,14 @@ def test_cli_bad_input_is_one_line_and_exit_2(args, line, fedunlearn_cmd):
     done = subprocess.run([*fedunlearn_cmd, *args], capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert done.stderr.splitlines() == [line]
+
+
+def test_overrides_with_spaces_survive_the_run_config() -> None:
+    from fedunlearn.config import join_overrides, parse_overrides
+
+    overrides = ["num_clients=3", "serve.schedule=[{round: 2, request: {kind: client, client: 1}}]",
+                 "dataset.hf.subset='a b'"]
+    assert parse_overrides(join_overrides(overrides)) == overrides
+    assert parse_overrides("a=1  b=x") == ["a=1", "b=x"]  # a plain string, as before
+    cfg = compose(parse_overrides(join_overrides(overrides[:2])))
+    assert cfg.serve.schedule[0]["request"]["client"] == 1

@@ -85,7 +85,7 @@ def test_a_run_trains_on_a_two_node_ray_cluster(tmp_path: Path) -> None:
             _wait_for_cpus(address, 2.0)
             done = subprocess.run(
                 [str(BIN / "fedunlearn"), "train", "dataset=digits", "num_clients=2",
-                 "train.rounds=1", f"runtime.ray_address={address}",
+                 "train.rounds=1", f"runtime.ray_address={address}", "runtime.launch=in-process",
                  f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'out'}"],
                 capture_output=True, text=True, cwd=ROOT, timeout=480)
             assert done.returncode == 0, done.stderr[-3000:]

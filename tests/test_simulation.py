@@ -6,6 +6,8 @@ import subprocess
 import pytest
 import torch
 
+from fedunlearn.runtime.processes import group_members
+
 pytestmark = pytest.mark.integration
 
 FAST = ["dataset=digits", "num_clients=2", "train.rounds=2", "runtime.num_cpus=2"]
@@ -35,6 +37,12 @@ def test_two_rounds_then_reuse(fedunlearn_cmd, tmp_path):
     assert set(ckpt["initial"]) == set(ckpt["final"])
     assert any(not torch.equal(ckpt["initial"][k], ckpt["final"][k]) for k in ckpt["final"])
     assert "round 2/2 test acc" in first.stderr  # progress shown
+    # Flower's supported path (the default): submitted with `flwr run` to a simulation
+    # SuperLink of the job's own, every process group below it stopped at the end.
+    record = json.loads((out / "simulation.json").read_text())
+    assert record["status"] == "finished:completed" and record["process_groups_stopped"]
+    assert all(not group_members(pgid) for pgid in record["process_groups_stopped"])
+    assert "round 2/2" in (out / "serverapp.log").read_text()
 
     (out / "metrics.jsonl").unlink()
     second = run(fedunlearn_cmd, tmp_path)

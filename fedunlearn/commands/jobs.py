@@ -160,10 +160,14 @@ def _job(cfg: DictConfig, job: str) -> float:
         # _check_jobs checked this job unless other Hydra flags skipped that; checking the
         # config Hydra composed again costs milliseconds.
         validate(cfg)
-        if cfg.runtime.name == "deployment":
-            from fedunlearn.runtime.deployment import deploy
+        if cfg.runtime.name == "deployment" or cfg.runtime.launch == "flwr-run":
+            # Both submit the app with `flwr run`; its results come back as files.
+            if cfg.runtime.name == "deployment":
+                from fedunlearn.runtime.deployment import deploy as launch
+            else:
+                from fedunlearn.runtime.flwr_simulation import simulate_with_flwr as launch
 
-            deploy(cfg, list(hydra_cfg.overrides.task), out_dir, job)
+            launch(cfg, list(hydra_cfg.overrides.task), out_dir, job)
             summary = out_dir / ("serve.json" if job == "serve" else "train.json")
             accuracy = float(json.loads(summary.read_text())["test_accuracy"])
         else:

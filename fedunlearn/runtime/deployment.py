@@ -22,6 +22,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from fedunlearn.config import join_overrides
 from fedunlearn.runtime.cluster import LocalCluster
 from fedunlearn.runtime.flwr_cli import APP_DIR, RunTimeout, run_logs, submit
 from fedunlearn.runtime.processes import DeploymentError
@@ -86,7 +87,7 @@ def deploy(
                      home / "logs")
             try:
                 run_id, status = submit(
-                    home, {"overrides": " ".join(pinned), "output-dir": str(out_dir),
+                    home, {"overrides": join_overrides(pinned), "output-dir": str(out_dir),
                            "job": job},
                     timeout=float(rt.run_timeout), resubmits=int(rt.resubmits),
                     superlink_timeout=float(rt.superlink_timeout), lost=cluster.run_lost,

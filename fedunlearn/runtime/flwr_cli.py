@@ -148,10 +148,13 @@ def _run_info(home: Path, connection: str, run_id: int) -> dict | None:
     return listing["runs"][0]
 
 
-def _start_run(home: Path, connection: str, config_path: Path, app_dir: Path) -> int:
-    """``flwr run`` the app in ``app_dir`` with the run config at ``config_path``; the run id."""
-    answer = _flwr_json(["run", str(app_dir), connection, "--run-config", str(config_path)],
-                        home, timeout=300)
+def _start_run(home: Path, connection: str, config_path: Path, app_dir: Path,
+               federation_config: str | None = None) -> int:
+    """``flwr run`` the app in ``app_dir`` with the run config at ``config_path`` (and, on
+    a simulation SuperLink, ``federation_config``); the run id."""
+    extra = ["--federation-config", federation_config] if federation_config else []
+    answer = _flwr_json(["run", str(app_dir), connection, "--run-config", str(config_path),
+                         *extra], home, timeout=300)
     run_id = int(answer["run-id"])
     LOG.info("submitted run %d to %s", run_id, connection)
     return run_id
@@ -177,6 +180,8 @@ def submit(
     timeout: float = 1800.0, poll: float = 2.0, resubmits: int = 2,
     superlink_timeout: float = 300.0, lost: Callable[[dict], bool] | None = None,
     attempts: list[dict] | None = None, app_dir: Path = APP_DIR,
+    federation_config: str | None = None, on_poll: Callable[[dict | None], None] | None = None,
+    done_file: Path | None = None, quiet_poll: float = 15.0,
 ) -> tuple[int, str]:
     """``flwr run`` the app, wait for the run to finish, return (run id, status).
 
@@ -216,6 +221,18 @@ def submit(
     app_dir : Path
         The Flower app to run (default: this project); tests pass a variant, e.g. with
         a rogue ClientApp.
+    federation_config : str, optional
+        ``flwr run --federation-config`` (a simulation SuperLink: number of virtual
+        clients, Ray resources).
+    on_poll : callable, optional
+        Called after each look at the run with its ``flwr ls`` record, or ``None``
+        between two such looks (progress).
+    done_file : Path, optional
+        The file the ServerApp writes when its job returns or raises
+        (:data:`server.app.DONE`). Until it appears the run is looked at only every
+        ``quiet_poll`` s (to notice a lost ServerApp), every ``poll`` s after: each
+        ``flwr ls`` starts a Python process, about 1 s of a core, which a 2-core
+        simulation feels, and the end is seen within 0.2 s instead of ``poll``.
 
     Raises
     ------
@@ -227,9 +244,11 @@ def submit(
     """
     config_path = home / "run-config.toml"
     config_path.write_text(tomli_w.dumps(run_config))
+    if done_file is not None:
+        done_file.unlink(missing_ok=True)  # a previous run's
     history = attempts if attempts is not None else []
     deadline = time.monotonic() + timeout
-    run_id = _start_run(home, connection, config_path, app_dir)
+    run_id = _start_run(home, connection, config_path, app_dir, federation_config)
     history.append({"run_id": run_id})
     unreachable_since: float | None = None
     status = "submitted"
@@ -245,6 +264,8 @@ def submit(
                                       f"{superlink_timeout:.0f} s: {exc}") from exc
             status = "unreachable"
             run = {}
+        if on_poll is not None:
+            on_poll(run)
         reason = None
         if run is None:
             reason = "vanished (the SuperLink lost its state)"
@@ -269,13 +290,27 @@ def submit(
             history[-1]["resubmitted"] = reason
             LOG.warning("run %d %s: submitting it again (%d of at most %d)",
                         run_id, reason, len(history), resubmits)
-            run_id = _start_run(home, connection, config_path, app_dir)
+            run_id = _start_run(home, connection, config_path, app_dir, federation_config)
             history.append({"run_id": run_id})
             continue
         if time.monotonic() > deadline:
             stop_run(home, run_id, connection)
             raise RunTimeout(run_id, status, timeout)
+        _wait(poll, done_file, quiet_poll, on_poll)
+
+
+def _wait(poll: float, done_file: Path | None, quiet_poll: float,
+          on_poll: Callable[[dict | None], None] | None) -> None:
+    """Sleep until the next look at the run: ``poll`` s, or, while ``done_file`` is
+    absent, up to ``quiet_poll`` s, waking when it appears."""
+    if done_file is None or done_file.exists():
         time.sleep(poll)
+        return
+    until = time.monotonic() + max(poll, quiet_poll)
+    while time.monotonic() < until and not done_file.exists():
+        time.sleep(0.2)
+        if on_poll is not None:
+            on_poll(None)
 
 
 def run_logs(home: Path, run_id: int, connection: str = CONNECTION) -> str:

@@ -1,0 +1,194 @@
+"""Flower's supported simulation path: ``flwr run`` against a simulation SuperLink of our own.
+
+:func:`simulate_with_flwr` is ``fedunlearn train|run|serve`` with ``runtime=simulation``
+(``runtime.launch: flwr-run``, the default). It
+
+1. starts ``flower-superlink --simulation`` on a free loopback port, the leader of a
+   process group of its own, with runtime dependency installation off (the app runs in
+   this environment; Flower would otherwise ``uv sync`` another torch for every run);
+2. submits the project's app, the same ServerApp and ClientApp as deployment, with
+   ``flwr run`` (:func:`~fedunlearn.runtime.flwr_cli.submit`): the run config carries the
+   Hydra overrides and the absolute results folder, ``--federation-config`` the number
+   of virtual clients and their Ray resources;
+3. shows progress from the run's ``metrics.jsonl`` as rounds end, reads the final status
+   with ``flwr ls`` (``flwr run`` exits 0 even when the ServerApp fails) and keeps the
+   ServerApp's log in ``serverapp.log``;
+4. stops every process group below the SuperLink, found by parent pid before any is
+   signalled: its SuperExec, ``flwr-simulation``, Ray's GCS, raylet, workers and agents
+   (two of Ray's agents ignore SIGTERM: what is left after a grace gets SIGKILL).
+
+Why not Flower's own ``:local:`` connection: it starts a SuperLink detached in its own
+session with its output discarded, which outlives the job, on fixed ports shared by
+every job of the machine (docs/simulation-paths.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from fedunlearn import protocol as P
+from fedunlearn.config import join_overrides
+from fedunlearn.runtime.flwr_cli import APP_DIR, CONNECTION, run_logs, submit, write_connection
+from fedunlearn.runtime.processes import (
+    DeploymentError,
+    Service,
+    descendants,
+    detached_groups,
+    free_ports,
+    service_env,
+    stop_groups,
+    wait_for_port,
+)
+
+__all__ = ["federation_config", "simulate_with_flwr"]
+
+LOG = logging.getLogger("fedunlearn")
+HOST = "127.0.0.1"
+
+
+def federation_config(cfg: DictConfig) -> str:
+    """``--federation-config`` of ``flwr run``: the virtual clients and Ray's resources."""
+    rt = cfg.runtime
+    parts = [f"num-supernodes={int(cfg.num_clients)}",
+             f"client-resources-num-cpus={int(rt.client_cpus)}",
+             f"client-resources-num-gpus={float(rt.client_gpus)}",
+             "init-args-logging-level='ERROR'", "init-args-log-to-driver=false"]
+    if rt.num_cpus is not None:
+        parts.append(f"init-args-num-cpus={int(rt.num_cpus)}")
+    return " ".join(parts)
+
+
+class _Progress:
+    """Logs each round the ServerApp appends to ``metrics.jsonl`` (one line a round)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.seen = path, 0
+
+    def __call__(self, _run: dict | None = None) -> None:
+        from server.progress import progress_line
+
+        try:
+            lines = self.path.read_text().splitlines()
+        except OSError:
+            return
+        for line in lines[self.seen:]:
+            try:
+                LOG.info("%s", progress_line(json.loads(line)))
+            except (ValueError, KeyError, TypeError):  # a line being written
+                return
+            self.seen += 1
+
+
+def _start_superlink(home: Path) -> Service:
+    """``flower-superlink --simulation`` on a free loopback port, in its own group."""
+    (port,) = free_ports(1, HOST)
+    argv = ["flower-superlink", "--insecure", "--simulation", "--isolation", "subprocess",
+            "--disable-runtime-dependency-installation", "--host", HOST, "--port", str(port)]
+    env = service_env(home)
+    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+    # Keep Ray's pre-2.56 device-variable behaviour without its warning on every run.
+    env.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    log_path = home / "logs" / "superlink.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    service = Service("superlink", argv, port, proc, log_path)
+    try:
+        wait_for_port(HOST, port, service)
+    except BaseException:
+        _stop(service)
+        raise
+    write_connection(home, CONNECTION, f"{HOST}:{port}")
+    return service
+
+
+def _stop(service: Service) -> list[int]:
+    """Stop the SuperLink's group and every group below it; the groups stopped.
+
+    The groups are collected first, by parent pid, while every parent is alive: a child
+    re-parented to init after its parent died could no longer be told from a stranger.
+    """
+    pids = descendants(service.proc.pid)
+    groups = {service.proc.pid} | detached_groups(service.proc.pid)
+    for pid in pids:
+        try:
+            groups.add(os.getpgid(pid))
+        except ProcessLookupError:
+            pass
+    groups.discard(os.getpgid(0))  # never our own
+    stop_groups(sorted(groups), grace=5.0, leaders=[service.proc])
+    return sorted(groups)
+
+
+def simulate_with_flwr(cfg: DictConfig, overrides: list[str], out_dir: Path,
+                       job: str = "run", *, app_dir: Path = APP_DIR) -> dict:
+    """Run the job as a Flower simulation submitted with ``flwr run``; its record.
+
+    Writes ``simulation.json`` (run id, status, seconds, the process groups stopped)
+    and ``serverapp.log`` in ``out_dir``, whatever the outcome.
+
+    Parameters
+    ----------
+    cfg : DictConfig
+        The composed config (``runtime=simulation``).
+    overrides : list of str
+        The Hydra overrides that composed ``cfg``; the ServerApp recomposes from them.
+    out_dir : Path
+        Results folder (passed to the ServerApp as an absolute path).
+    job : str
+        ``run``, ``train`` or ``serve``.
+    app_dir : Path
+        The Flower app to submit (default: this project).
+
+    Raises
+    ------
+    DeploymentError
+        The SuperLink does not start, or the run does not end ``finished:completed``
+        (the message ends with the ServerApp's last log lines).
+    """
+    out_dir = out_dir.resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    home = out_dir / "flwr"
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # The ServerApp runs in another working directory: pin relative paths here.
+    pinned = [o for o in overrides if not o.startswith("cache_dir=")]
+    pinned.append(f"cache_dir={Path(cfg.cache_dir).resolve()}")
+    started = time.perf_counter()
+    run_id, status, logs, groups = None, "error", "", []
+    progress = _Progress(out_dir / "metrics.jsonl")
+    service = _start_superlink(home)
+    try:
+        LOG.info("simulation SuperLink up at %s:%d; %d virtual clients (logs in %s)", HOST,
+                 service.port, cfg.num_clients, home / "logs")
+        run_id, status = submit(
+            home, {"overrides": join_overrides(pinned), "output-dir": str(out_dir), "job": job},
+            timeout=float(cfg.runtime.run_timeout), resubmits=0, app_dir=app_dir,
+            federation_config=federation_config(cfg), on_poll=progress,
+            done_file=out_dir / P.DONE_FILE, poll=0.5)
+        progress()
+        try:
+            logs = run_logs(home, run_id)
+        except DeploymentError as exc:
+            logs = f"(no log: {exc})\n"
+    finally:
+        stopping = time.perf_counter()
+        groups = _stop(service)
+        stop_seconds = time.perf_counter() - stopping
+        (out_dir / "serverapp.log").write_text(logs)
+        (out_dir / "simulation.json").write_text(json.dumps(
+            {"run_id": run_id, "status": status, "seconds": time.perf_counter() - started,
+             "stop_seconds": stop_seconds, "superlink_port": service.port,
+             "process_groups_stopped": groups}, indent=2))
+    if status != "finished:completed":
+        last = " | ".join(line for line in logs.strip().splitlines()[-3:])
+        raise DeploymentError(f"simulation run {run_id} ended '{status}': {last}")
+    return {"run_id": run_id, "status": status, "process_groups": groups}
