@@ -39,14 +39,9 @@ class RunLog:
         self.records.append(record)
         with self.path.open("a") as fh:
             fh.write(json.dumps(record.as_dict()) + "\n")
-        LOG.info("%s", progress_line(record.as_dict()))
-
-
-def progress_line(record: dict) -> str:
-    """A round's progress line from its ``metrics.jsonl`` record (:class:`RoundRecord`)."""
-    ev = record.get("evaluation", {})
-    acc = f" test acc {100 * ev['test_accuracy']:.2f}%" if "test_accuracy" in ev else ""
-    loss = f" loss {ev['test_loss']:.4f}" if "test_loss" in ev else ""
-    refused = f" ({record['refused']} refused)" if record.get("refused") else ""
-    return (f"[{record['phase']}] round {record['round']}/{record['rounds']}{acc}{loss} | "
-            f"{record['nodes']} nodes{refused} | {record['seconds']:.1f} s")
+        ev = record.evaluation
+        acc = f" test acc {100 * ev['test_accuracy']:.2f}%" if "test_accuracy" in ev else ""
+        loss = f" loss {ev['test_loss']:.4f}" if "test_loss" in ev else ""
+        refused = f" ({record.refused} refused)" if record.refused else ""
+        LOG.info("[%s] round %d/%d%s%s | %d nodes%s | %.1f s", record.phase, record.round,
+                 record.rounds, acc, loss, record.nodes, refused, record.seconds)

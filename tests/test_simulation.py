@@ -94,3 +94,31 @@ def test_a_seed_repeats_the_model_bit_for_bit(fedunlearn_cmd, tmp_path):
         models.append(torch.load(tmp_path / attempt / "out" / "global.pt",
                                  weights_only=True)["final"])
     assert all(torch.equal(models[0][k], models[1][k]) for k in models[0])
+
+
+def test_a_terminated_job_stops_its_simulation_superlink_and_ray(fedunlearn_cmd, tmp_path):
+    """SIGTERM (a `kill`, a CI timeout) mid-run: the flwr-run launcher still stops every
+    process group below its SuperLink, Ray's workers included."""
+    import os
+    import signal
+    import time
+
+    log = tmp_path / "job.log"
+    with log.open("w") as sink:
+        job = subprocess.Popen(
+            [*fedunlearn_cmd, "train", *FAST, "train.rounds=50", "reuse_trained=false",
+             f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'out'}"],
+            stdout=sink, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while "round 1/50" not in log.read_text() and time.monotonic() < deadline:
+            assert job.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.5)
+        job.send_signal(signal.SIGTERM)
+        assert job.wait(timeout=60) != 0
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    record = json.loads((tmp_path / "out" / "simulation.json").read_text())
+    assert len(record["process_groups_stopped"]) >= 2  # the SuperLink and its SuperExec
+    assert all(not group_members(pgid) for pgid in record["process_groups_stopped"])

@@ -180,7 +180,7 @@ def submit(
     timeout: float = 1800.0, poll: float = 2.0, resubmits: int = 2,
     superlink_timeout: float = 300.0, lost: Callable[[dict], bool] | None = None,
     attempts: list[dict] | None = None, app_dir: Path = APP_DIR,
-    federation_config: str | None = None, on_poll: Callable[[dict | None], None] | None = None,
+    federation_config: str | None = None, on_start: Callable[[int], None] | None = None,
     done_file: Path | None = None, quiet_poll: float = 15.0,
 ) -> tuple[int, str]:
     """``flwr run`` the app, wait for the run to finish, return (run id, status).
@@ -224,9 +224,8 @@ def submit(
     federation_config : str, optional
         ``flwr run --federation-config`` (a simulation SuperLink: number of virtual
         clients, Ray resources).
-    on_poll : callable, optional
-        Called after each look at the run with its ``flwr ls`` record, or ``None``
-        between two such looks (progress).
+    on_start : callable, optional
+        Called with the run id of each run submitted (e.g. to follow its log).
     done_file : Path, optional
         The file the ServerApp writes when its job returns or raises
         (:data:`server.app.DONE`). Until it appears the run is looked at only every
@@ -250,6 +249,8 @@ def submit(
     deadline = time.monotonic() + timeout
     run_id = _start_run(home, connection, config_path, app_dir, federation_config)
     history.append({"run_id": run_id})
+    if on_start is not None:
+        on_start(run_id)
     unreachable_since: float | None = None
     status = "submitted"
     while True:
@@ -264,8 +265,6 @@ def submit(
                                       f"{superlink_timeout:.0f} s: {exc}") from exc
             status = "unreachable"
             run = {}
-        if on_poll is not None:
-            on_poll(run)
         reason = None
         if run is None:
             reason = "vanished (the SuperLink lost its state)"
@@ -292,15 +291,16 @@ def submit(
                         run_id, reason, len(history), resubmits)
             run_id = _start_run(home, connection, config_path, app_dir, federation_config)
             history.append({"run_id": run_id})
+            if on_start is not None:
+                on_start(run_id)
             continue
         if time.monotonic() > deadline:
             stop_run(home, run_id, connection)
             raise RunTimeout(run_id, status, timeout)
-        _wait(poll, done_file, quiet_poll, on_poll)
+        _wait(poll, done_file, quiet_poll)
 
 
-def _wait(poll: float, done_file: Path | None, quiet_poll: float,
-          on_poll: Callable[[dict | None], None] | None) -> None:
+def _wait(poll: float, done_file: Path | None, quiet_poll: float) -> None:
     """Sleep until the next look at the run: ``poll`` s, or, while ``done_file`` is
     absent, up to ``quiet_poll`` s, waking when it appears."""
     if done_file is None or done_file.exists():
@@ -309,8 +309,6 @@ def _wait(poll: float, done_file: Path | None, quiet_poll: float,
     until = time.monotonic() + max(poll, quiet_poll)
     while time.monotonic() < until and not done_file.exists():
         time.sleep(0.2)
-        if on_poll is not None:
-            on_poll(None)
 
 
 def run_logs(home: Path, run_id: int, connection: str = CONNECTION) -> str:

@@ -10,9 +10,10 @@
    ``flwr run`` (:func:`~fedunlearn.runtime.flwr_cli.submit`): the run config carries the
    Hydra overrides and the absolute results folder, ``--federation-config`` the number
    of virtual clients and their Ray resources;
-3. shows progress from the run's ``metrics.jsonl`` as rounds end, reads the final status
-   with ``flwr ls`` (``flwr run`` exits 0 even when the ServerApp fails) and keeps the
-   ServerApp's log in ``serverapp.log``;
+3. follows the ServerApp's log with ``flwr log --stream`` (its progress lines reach this
+   command's stderr as in-process, and ``serverapp.log`` keeps them), learns the end from
+   ``serverapp.done`` and reads the final status with ``flwr ls`` (``flwr run`` exits 0
+   even when the ServerApp fails);
 4. stops every process group below the SuperLink, found by parent pid before any is
    signalled: its SuperExec, ``flwr-simulation``, Ray's GCS, raylet, workers and agents
    (two of Ray's agents ignore SIGTERM: what is left after a grace gets SIGKILL).
@@ -27,9 +28,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -65,25 +70,47 @@ def federation_config(cfg: DictConfig) -> str:
     return " ".join(parts)
 
 
-class _Progress:
-    """Logs each round the ServerApp appends to ``metrics.jsonl`` (one line a round)."""
+class _LogStream:
+    """Follows a run's ServerApp log with ``flwr log RUN --stream``: each line goes to
+    this command's stderr as it comes (the job's progress, as in-process) and is kept."""
 
-    def __init__(self, path: Path) -> None:
-        self.path, self.seen = path, 0
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.lines: list[str] = []
+        self.proc: subprocess.Popen | None = None
+        self.thread: threading.Thread | None = None
 
-    def __call__(self, _run: dict | None = None) -> None:
-        from server.progress import progress_line
+    def start(self, run_id: int) -> None:
+        """Follow ``run_id`` (a resubmitted run replaces the one followed)."""
+        self.finish(wait=0.0)
+        self.proc = subprocess.Popen(
+            ["flwr", "log", str(run_id), CONNECTION, "--stream"], stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+            env=service_env(self.home), start_new_session=True)
+        self.thread = threading.Thread(target=self._pump, args=(self.proc,), daemon=True)
+        self.thread.start()
 
-        try:
-            lines = self.path.read_text().splitlines()
-        except OSError:
+    def _pump(self, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            if "logstream" in line:  # the CLI's own "Starting logstream ..." line
+                continue
+            self.lines.append(line)
+            sys.stderr.write(line)
+            sys.stderr.flush()
+
+    def finish(self, wait: float = 5.0) -> None:
+        """Let the stream end by itself (it does when the run ends) for up to ``wait`` s,
+        then stop its process group."""
+        if self.proc is None:
             return
-        for line in lines[self.seen:]:
-            try:
-                LOG.info("%s", progress_line(json.loads(line)))
-            except (ValueError, KeyError, TypeError):  # a line being written
-                return
-            self.seen += 1
+        try:
+            self.proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            pass
+        stop_groups([self.proc.pid], grace=1.0, leaders=[self.proc])
+        if self.thread is not None:
+            self.thread.join(timeout=5.0)
+        self.proc = None
 
 
 def _start_superlink(home: Path) -> Service:
@@ -129,6 +156,17 @@ def _stop(service: Service) -> list[int]:
     return sorted(groups)
 
 
+def _exit_on_sigterm() -> Any:
+    """Turn SIGTERM into SystemExit (main thread only); the handler it replaced, or None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def _exit(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, _exit)
+
+
 def simulate_with_flwr(cfg: DictConfig, overrides: list[str], out_dir: Path,
                        job: str = "run", *, app_dir: Path = APP_DIR) -> dict:
     """Run the job as a Flower simulation submitted with ``flwr run``; its record.
@@ -164,7 +202,10 @@ def simulate_with_flwr(cfg: DictConfig, overrides: list[str], out_dir: Path,
     pinned.append(f"cache_dir={Path(cfg.cache_dir).resolve()}")
     started = time.perf_counter()
     run_id, status, logs, groups = None, "error", "", []
-    progress = _Progress(out_dir / "metrics.jsonl")
+    stream = _LogStream(home)
+    # SIGTERM (a `kill`, a CI timeout) would end this process without its `finally`,
+    # leaving the SuperLink and Ray behind: make it an exit that stops them first.
+    previous = _exit_on_sigterm()
     service = _start_superlink(home)
     try:
         LOG.info("simulation SuperLink up at %s:%d; %d virtual clients (logs in %s)", HOST,
@@ -172,17 +213,22 @@ def simulate_with_flwr(cfg: DictConfig, overrides: list[str], out_dir: Path,
         run_id, status = submit(
             home, {"overrides": join_overrides(pinned), "output-dir": str(out_dir), "job": job},
             timeout=float(cfg.runtime.run_timeout), resubmits=0, app_dir=app_dir,
-            federation_config=federation_config(cfg), on_poll=progress,
+            federation_config=federation_config(cfg), on_start=stream.start,
             done_file=out_dir / P.DONE_FILE, poll=0.5)
-        progress()
-        try:
-            logs = run_logs(home, run_id)
-        except DeploymentError as exc:
-            logs = f"(no log: {exc})\n"
+        stream.finish()
+        logs = "".join(stream.lines)
+        if not logs:  # the stream failed: ask once for the whole log
+            try:
+                logs = run_logs(home, run_id)
+            except DeploymentError as exc:
+                logs = f"(no log: {exc})\n"
     finally:
+        stream.finish(wait=0.0)
         stopping = time.perf_counter()
         groups = _stop(service)
         stop_seconds = time.perf_counter() - stopping
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         (out_dir / "serverapp.log").write_text(logs)
         (out_dir / "simulation.json").write_text(json.dumps(
             {"run_id": run_id, "status": status, "seconds": time.perf_counter() - started,
