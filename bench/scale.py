@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import signal
 import statistics
 import subprocess
@@ -178,13 +177,15 @@ def summarize(name: str, clients: int, fraction: float, copies: int, rounds: int
 # ---- the fold: server memory while curvature replies arrive ---------------------------
 
 FOLD_CHILD = r"""
-import json, resource, sys
+import json, sys
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from fedunlearn.models import seeded_model
 from server.curvature import query_curvature
 from server.grid import CollectingGrid
+from flwr.supercore.task_identity import TaskIdentity
 
+TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1  # pose as a server
 replies, mode = int(sys.argv[1]), sys.argv[2]
 model = seeded_model("cnn", 10, (1, 28, 28), 0)
 h = {k: torch.rand_like(v) for k, v in model.state_dict().items()}
@@ -211,11 +212,17 @@ class Trickle:  # replies made as the nodes would send them: a few per pull
         return out
 
 grid = CollectingGrid(Trickle(), 1e-4) if mode == "stream" else Trickle()
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def status(key):
+    with open("/proc/self/status") as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith(key))
+
+base = status("VmRSS:")
+with open("/proc/self/clear_refs", "w") as handle:
+    handle.write("5")  # peak RSS (VmHWM) starts again from the current RSS
 result = query_curvature(grid, list(range(replies)), ArrayRecord(model.state_dict()),
-                         ConfigRecord(), model, "diag_ggn_exact", min_replies=replies,
+                         ConfigRecord(), model, "mc_fisher", min_replies=replies,
                          timeout=600)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = status("VmHWM:")
 print(json.dumps({"replies": result.replies, "mode": mode, "base_mib": base / 1024,
                   "peak_mib": peak / 1024, "added_mib": (peak - base) / 1024,
                   "parameters": sum(p.numel() for p in model.parameters())}))
@@ -343,17 +350,18 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                             capture_output=True, text=True).stdout.strip()
-    rows = []
+    result = {"command": "PYTHONPATH=. .venv/bin/python bench/scale.py " + " ".join(sys.argv[1:]),
+              "machine": machine(), "date": time.strftime("%Y-%m-%d"), "commit": commit,
+              "sample_s": args.sample, "points": [], "fold": []}
+    rows = result["points"]
     for name in args.points:
         clients, fraction, copies = POINTS[name]
         print(f"{name}: {clients} clients, {fraction:.0%} a round", flush=True)
         rows.append(run_point(name, clients, fraction, copies, args.rounds, args.work,
                               args.sample))
-    fold = fold_memory(args.fold) if args.fold else []
-    result = {"command": "PYTHONPATH=. .venv/bin/python bench/scale.py " + " ".join(sys.argv[1:]),
-              "machine": machine(), "date": time.strftime("%Y-%m-%d"), "commit": commit,
-              "sample_s": args.sample, "points": rows, "fold": fold,
-              "bench_max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        # Kept as each point ends: a later failure loses no measured point.
+        (args.out / "results.json").write_text(json.dumps(result, indent=1))
+    result["fold"] = fold_memory(args.fold) if args.fold else []
     (args.out / "results.json").write_text(json.dumps(result, indent=1))
     plot(rows, args.out / "scale.png")
     write_markdown(result, args.out)

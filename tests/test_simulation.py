@@ -71,8 +71,10 @@ def test_bad_input_one_line(fedunlearn_cmd, tmp_path, override, needle):
 
 def test_multirun_sweep(fedunlearn_cmd, tmp_path):
     done = subprocess.run(
+        # The sweep, not the launcher, is under test here: the quicker in-process launch.
         [*fedunlearn_cmd, "train", "--multirun", "seed=0,1", "dataset=digits", "num_clients=2",
-         "train.rounds=1", "runtime.num_cpus=2", f"cache_dir={tmp_path / 'cache'}",
+         "train.rounds=1", "runtime.num_cpus=2", "runtime.launch=in-process",
+         f"cache_dir={tmp_path / 'cache'}",
          f"hydra.sweep.dir={tmp_path / 'sweep'}"],
         capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -88,8 +90,9 @@ def test_a_seed_repeats_the_model_bit_for_bit(fedunlearn_cmd, tmp_path):
     models = []
     for attempt in ("a", "b"):
         (tmp_path / attempt).mkdir()
+        # The ServerApp's aggregation is under test, the same on both launch paths.
         done = run(fedunlearn_cmd, tmp_path / attempt, "reuse_trained=false", "num_clients=4",
-                   "train.fraction_train=0.5")
+                   "train.fraction_train=0.5", "runtime.launch=in-process")
         assert done.returncode == 0, done.stderr[-2000:]
         models.append(torch.load(tmp_path / attempt / "out" / "global.pt",
                                  weights_only=True)["final"])

@@ -13,6 +13,7 @@ def test_tis_and_random_reset_with_trim(fedunlearn_cmd, tmp_path):
     done = subprocess.run(
         [*fedunlearn_cmd, "run", "dataset=digits", "num_clients=3", "partition=preferential",
          "model=cnn_nonorm", "train.rounds=3", "runtime.num_cpus=2",
+         "runtime.launch=in-process",  # the method is under test, not the launcher
          "unlearn.methods=[Retrain,TIS,RandomReset]", "unlearn.retrain_rounds=3",
          "unlearn.tis.gammas=[0.5,0.9]", "unlearn.tis.trim_rounds=1",
          "unlearn.curvature.estimator=diag_ggn_exact", f"cache_dir={tmp_path / 'cache'}",

@@ -1,4 +1,12 @@
-"""Flower simulation with the Ray backend: N virtual clients on one box."""
+"""Flower simulation with the Ray backend, launched in-process (``runtime.launch=in-process``).
+
+:func:`simulate` runs the ServerApp through ``flwr.simulation.run_simulation``
+(deprecated in Flower 1.42, still shipped) in this process: the way to join an
+existing Ray cluster (``runtime.ray_address``) and to pass another ClientApp
+(``bench/robust.py``). The default launch is ``flwr run``
+(:mod:`fedunlearn.runtime.flwr_simulation`, whose `--federation-config` carries the
+same resources).
+"""
 
 from __future__ import annotations
 
