@@ -48,7 +48,10 @@ BIN = Path(sys.executable).parent
 # clients, share sampled a round, train copies (about 120 samples a client at 100 and
 # 1,000 clients; 10 clients hold the plain 4,000).
 POINTS = {"10": (10, 1.0, 1), "100@10%": (100, 0.1, 3), "100@100%": (100, 1.0, 3),
-          "1000@1%": (1000, 0.01, 30), "1000@10%": (1000, 0.1, 30)}
+          "1000@1%": (1000, 0.01, 30), "1000@10%": (1000, 0.1, 30),
+          # The design polls replaced: every node asked for requests every round.
+          "1000@10% poll-all": (1000, 0.1, 30)}
+EXTRA = {"1000@10% poll-all": ["serve.poll_per_round=null"]}
 
 
 def _kib(path: str, key: str) -> int:
@@ -62,12 +65,20 @@ def _kib(path: str, key: str) -> int:
     return 0
 
 
-def _is_actor(pid: int) -> bool:
+# What a process is, by the first of these found in its command line.
+KINDS = (("ClientAppActor", "Ray ClientApp actors"), ("flwr-simulation", "flwr-simulation"),
+         ("flower-superlink", "SuperLink"), ("flower-superexec", "SuperExec"),
+         ("fedunlearn", "launcher (fedunlearn serve)"), ("gcs_server", "Ray GCS"),
+         ("raylet", "raylet"), ("ray", "other Ray processes"), ("flwr", "flwr CLI"))
+
+
+def _kind(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return b"ClientAppActor" in handle.read()
+            line = handle.read().decode(errors="replace")
     except OSError:
-        return False
+        return "gone"
+    return next((name for key, name in KINDS if key in line), "other")
 
 
 class Sampler(threading.Thread):
@@ -82,13 +93,20 @@ class Sampler(threading.Thread):
 
     def run(self) -> None:
         while not self.done.is_set():
-            pids = descendants(self.root)
+            by_kind: dict[str, float] = {}
+            kinds = []
+            for pid in descendants(self.root):
+                kind = _kind(pid)
+                kinds.append(kind)
+                pss = _kib(f"/proc/{pid}/smaps_rollup", "Pss:") / 1024
+                by_kind[kind] = by_kind.get(kind, 0.0) + pss
             self.samples.append({
                 "t": time.monotonic() - self.t0,
-                "pss_mib": sum(_kib(f"/proc/{p}/smaps_rollup", "Pss:") for p in pids) / 1024,
+                "pss_mib": sum(by_kind.values()),
                 "job_rss_mib": _kib(f"/proc/{self.root}/status", "VmRSS:") / 1024,
-                "processes": len(pids),
-                "actors": sum(_is_actor(p) for p in pids),
+                "processes": len(kinds),
+                "actors": kinds.count("Ray ClientApp actors"),
+                "pss_by_kind_mib": by_kind,
             })
             self.done.wait(self.every)
 
@@ -96,13 +114,13 @@ class Sampler(threading.Thread):
 def run_point(name: str, clients: int, fraction: float, copies: int, rounds: int,
               work: Path, every: float) -> dict:
     """``fedunlearn serve`` one point; its measurements."""
-    out = work / name.replace("%", "pct").replace("@", "-")
+    out = work / name.replace("%", "pct").replace("@", "-").replace(" ", "-")
     request_round = rounds - 1
     args = [f"num_clients={clients}", f"dataset.train_copies={copies}", "partition=dirichlet",
             "partition.beta=0.3", f"train.fraction_train={fraction}", f"serve.rounds={rounds}",
             f"serve.schedule=[{{round: {request_round}, request: {{kind: client, client: 7}}}}]",
             "serve.method=NoT", "train.node_timeout=600", f"hydra.run.dir={out}",
-            f"cache_dir={work / 'cache'}"]
+            f"cache_dir={work / 'cache'}", *EXTRA.get(name, [])]
     started = time.monotonic()
     proc = subprocess.Popen([str(BIN / "fedunlearn"), "serve", *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -158,12 +176,15 @@ def summarize(name: str, clients: int, fraction: float, copies: int, rounds: int
         "eval_s_median": statistics.median(r.get("eval_seconds", 0.0) for r in served),
         "test_accuracy": answer["test_accuracy"],
         "peak_pss_mib": max(s["pss_mib"] for s in samples),
+        "peak_pss_by_kind_mib": max(samples, key=lambda s: s["pss_mib"])["pss_by_kind_mib"],
         "peak_job_rss_mib": max(s["job_rss_mib"] for s in samples),
         "peak_job_rss_training_mib": max((s["job_rss_mib"] for s in training), default=None),
         "peak_job_rss_answer_mib": max((s["job_rss_mib"] for s in during), default=None),
         "max_actors": max(s["actors"] for s in samples),
         "max_processes": max(s["processes"] for s in samples),
         "request_polls": polls, "request_polls_per_round": polls / rounds,
+        "intake_s_median": (statistics.median(p["seconds"] for p in answer["request_polls"])
+                            if "request_polls" in answer else None),
         "request": {"seconds": request["cost"].get("seconds"),
                     "bytes": request["cost"].get("bytes"),
                     "flops": request["cost"].get("flops"),
@@ -254,13 +275,18 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
-    for sampled in sorted({r["sampled"] for r in rows}):
-        part = sorted((r for r in rows if r["sampled"] == sampled), key=lambda r: r["clients"])
+    main = [r for r in rows if r["point"] not in EXTRA]
+    for sampled in sorted({r["sampled"] for r in main}):
+        part = sorted((r for r in main if r["sampled"] == sampled), key=lambda r: r["clients"])
         label = f"{sampled} sampled a round"
         ax_t.plot([r["clients"] for r in part], [r["round_s_median"] for r in part], "o-",
                   label=label)
         ax_m.plot([r["clients"] for r in part], [r["peak_pss_mib"] / 1024 for r in part],
                   "o-", label=label)
+    for r in rows:
+        if r["point"] in EXTRA:
+            ax_t.plot([r["clients"]], [r["round_s_median"]], "kx", label=r["point"])
+            ax_m.plot([r["clients"]], [r["peak_pss_mib"] / 1024], "kx", label=r["point"])
     ax_m.axhline(6, color="grey", linestyle=":", label="target 6 GiB")
     for ax, what in ((ax_t, "median round time (s)"), (ax_m, "peak PSS, process tree (GiB)")):
         ax.set_xscale("log")
@@ -308,6 +334,13 @@ def write_markdown(result: dict, out: Path) -> None:
             f"{r['max_actors']} | {r['request_polls_per_round']:.1f} | "
             f"{q['seconds']:.1f} | {q['bytes'] / 1e6:.0f} | {q['flops'] / 1e9:.0f} |")
     by = {r["point"]: r for r in rows}
+    kinds = sorted({k for r in rows for k in r["peak_pss_by_kind_mib"]})
+    lines += ["", "Where the peak PSS sits (MiB, at the sample of the peak):", "",
+              "| point | " + " | ".join(kinds) + " |",
+              "| --- | " + " | ".join("---:" for _ in kinds) + " |"]
+    for r in rows:
+        lines.append(f"| {r['point']} | " + " | ".join(
+            f"{r['peak_pss_by_kind_mib'].get(k, 0):.0f}" for k in kinds) + " |")
     lines += ["", "## Targets", ""]
     big = by.get("1000@10%")
     if big:
@@ -321,6 +354,15 @@ def write_markdown(result: dict, out: Path) -> None:
                 f"- Round time, {large} against {small} (both {by[large]['sampled']} sampled): "
                 f"{by[large]['round_s_median']:.2f} s / {by[small]['round_s_median']:.2f} s = "
                 f"{ratio:.2f}x (target <= 1.3x: {'met' if ratio <= 1.3 else 'missed'}).")
+    if "1000@10%" in by and "1000@10% poll-all" in by:
+        window, every = by["1000@10%"], by["1000@10% poll-all"]
+        lines.append(
+            f"- Request polls at 1,000 clients: {window['request_polls_per_round']:.0f} a round "
+            f"with the moving window (`serve.poll_per_round=100`) against "
+            f"{every['request_polls_per_round']:.0f} asking every node (`null`, the design "
+            f"before); taking requests in took {window['intake_s_median']:.2f} s a round "
+            f"(median) against {every['intake_s_median']:.2f} s, on top of a median training "
+            f"round of {window['round_s_median']:.2f} s against {every['round_s_median']:.2f} s.")
     if fold:
         lines += ["", "## Server memory while TIS curvature replies are folded", "",
                   f"Default CNN ({fold[0]['parameters']:,} parameters; a reply holds two "
@@ -339,12 +381,15 @@ def write_markdown(result: dict, out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "scale")
-    parser.add_argument("--points", nargs="*", default=list(POINTS), choices=list(POINTS))
+    parser.add_argument("--points", nargs="*", default=[p for p in POINTS if p not in EXTRA],
+                        choices=list(POINTS))
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--sample", type=float, default=0.5)
     parser.add_argument("--fold", type=int, nargs="*", default=[100, 1000],
                         help="numbers of curvature replies to fold (none: skip)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/fedunlearn-scale"))
+    parser.add_argument("--merge", action="store_true",
+                        help="add to the points (and fold) already in OUT/results.json")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -353,6 +398,13 @@ def main() -> None:
     result = {"command": "PYTHONPATH=. .venv/bin/python bench/scale.py " + " ".join(sys.argv[1:]),
               "machine": machine(), "date": time.strftime("%Y-%m-%d"), "commit": commit,
               "sample_s": args.sample, "points": [], "fold": []}
+    if args.merge and (args.out / "results.json").exists():
+        before = json.loads((args.out / "results.json").read_text())
+        result["command"] = before["command"] + " && " + result["command"]
+        result["points"] = [p for p in before["points"] if p["point"] not in args.points]
+        result["fold"] = before.get("fold", [])
+        if before["commit"] != commit:
+            result["commit"] = f"{before['commit']} (added points: {commit})"
     rows = result["points"]
     for name in args.points:
         clients, fraction, copies = POINTS[name]
@@ -361,7 +413,8 @@ def main() -> None:
                               args.sample))
         # Kept as each point ends: a later failure loses no measured point.
         (args.out / "results.json").write_text(json.dumps(result, indent=1))
-    result["fold"] = fold_memory(args.fold) if args.fold else []
+    if args.fold:
+        result["fold"] = fold_memory(args.fold)
     (args.out / "results.json").write_text(json.dumps(result, indent=1))
     plot(rows, args.out / "scale.png")
     write_markdown(result, args.out)

@@ -297,6 +297,7 @@ def serve(grid: Grid, settings: Job, federation: Federation, out_dir: Path) -> T
         LOG.info("[serve] request polls: nodes that say requests wait, plus %d of %d nodes "
                  "a round (each asked at least every %d rounds)", per_round, len(live.active),
                  -(-len(live.active) // per_round))
+    intake: list[dict] = []  # per round: nodes asked for requests, seconds it took
     with Ledger(path) as ledger:
         resumed = len(live.history)
         live.adopt_sealed(ledger)
@@ -310,12 +311,15 @@ def serve(grid: Grid, settings: Job, federation: Federation, out_dir: Path) -> T
             live.tell(ledger)
             polled = poll_targets(live.active, rnd, settings.serve_poll_per_round,
                                   getattr(grid, "pending", set()))
+            taking = time.perf_counter()
             take_requests(grid, polled, ledger, live.timeout, schedule.get(rnd, []))
+            intake.append({"round": rnd, "nodes_polled": len(polled),
+                           "seconds": time.perf_counter() - taking})
             live.answer(ledger, key, rnd)
             live.train_round(rnd, run_log)
     accuracy = float(live.evaluator(0, live.arrays)["test_accuracy"])
     seconds = time.perf_counter() - started
-    live.summary(test_accuracy=accuracy, seconds=seconds,
+    live.summary(test_accuracy=accuracy, seconds=seconds, request_polls=intake,
                  nodes={str(k): v for k, v in live.roster.nodes.items()},
                  active_at_end=sorted(live.active))
     LOG.info("served %d rounds, answered %d requests; test accuracy %.2f%%",

@@ -33,6 +33,9 @@ def test_serve_answers_mid_training_in_one_pass_then_resumes_after_a_restart(
         ("class", 2, 2), ("instance", 2, 2)]
     ids = [a["request"] for a in answers]
     assert summary["test_accuracy"] > 0.3 and summary["active_at_end"] == [0, 1, 2]
+    # 3 nodes, fewer than serve.poll_per_round: every node is asked every round.
+    assert [(p["round"], p["nodes_polled"]) for p in summary["request_polls"]] == [(1, 3),
+                                                                                 (2, 3)]
     with Ledger(out / "ledger.sqlite") as ledger:
         assert [e.state for e in ledger.all()] == ["done", "done"]
         chain = ledger.chain()

@@ -166,7 +166,9 @@ def _job(cfg: DictConfig, job: str) -> float:
                 from fedunlearn.runtime.deployment import deploy as launch
             else:
                 from fedunlearn.runtime.flwr_simulation import simulate_with_flwr as launch
+            from fedunlearn.federation import release_cached
 
+            release_cached()  # the checks' data: the job's processes load their own
             launch(cfg, list(hydra_cfg.overrides.task), out_dir, job)
             summary = out_dir / ("serve.json" if job == "serve" else "train.json")
             accuracy = float(json.loads(summary.read_text())["test_accuracy"])

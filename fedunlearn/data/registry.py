@@ -411,6 +411,12 @@ def _load_hub(path: str, options_json: str, image_size: int | None, seed: int,
     return _splits("hf", arrays, source, image_size, seed, test_fraction, copies)
 
 
+def clear_cache() -> None:
+    """Forget every data set :func:`load_dataset` holds in this process."""
+    _load_cached.cache_clear()
+    _load_hub.cache_clear()
+
+
 def load_dataset(
     name: str,
     root: str | os.PathLike[str] | None = None,
