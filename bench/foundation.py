@@ -163,6 +163,9 @@ Python {m['python']}; {r['date']}.
 
 ## Default run (`fedunlearn train`, 10 IID clients, embedded MNIST, NoT CNN, simulation)
 
+Simulation is launched the default way, with `flwr run` against the job's own
+simulation SuperLink (`runtime.launch=flwr-run`).
+
 | rounds | final test accuracy | wall time (whole command) | target |
 | --- | --- | --- | --- |
 {default_row}
