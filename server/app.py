@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from fedunlearn import protocol as P
 from fedunlearn.config import compose, parse_overrides
+from fedunlearn.errors import UserError
 from fedunlearn.federation import build_federation
 from fedunlearn.settings import Job
 from server.grid import CollectingGrid
@@ -69,7 +70,11 @@ def main(grid: Grid, context: Context) -> None:
         run_job(grid, cfg, out, str(context.run_config.get("job", "run")))
         outcome["ok"] = True
     except BaseException as exc:
-        outcome["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        # One line for the launcher's error message: the user's own mistakes
+        # (UserError) as they are, anything else with its type.
+        line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        outcome["error"] = (line if isinstance(exc, UserError) and line
+                            else f"{type(exc).__name__}: {line}".rstrip(": "))
         raise
     finally:
         out.mkdir(parents=True, exist_ok=True)

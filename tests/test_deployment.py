@@ -131,8 +131,12 @@ def test_failed_run_is_an_error(tmp_path):
     # The ServerApp composes the config itself: a model that cannot take 8x8 inputs
     # passes the launcher's checks here but fails inside the run.
     args = overrides(tmp_path, "model=vit_b16")
-    with pytest.raises(DeploymentError, match="finished:failed"):
+    with pytest.raises(DeploymentError, match="finished:failed") as info:
         deploy(compose(args), args, tmp_path / "out")
+    # The message carries the ServerApp's own error (serverapp.done), not Flower's
+    # closing boilerplate.
+    done = json.loads((tmp_path / "out" / "serverapp.done").read_text())
+    assert not done["ok"] and done["error"] and done["error"] in str(info.value)
     result = json.loads((tmp_path / "out" / "deployment.json").read_text())
     assert result["status"] == "finished:failed"
     # The ServerApp raised: a real failure, not a lost ServerApp, so no resubmission.

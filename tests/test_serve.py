@@ -55,7 +55,9 @@ def test_serve_answers_mid_training_in_one_pass_then_resumes_after_a_restart(
         assert 0 <= check["forget-accuracy"] <= 100
 
     # A new server process, with new nodes, continues after round 2 to round 3.
-    second = subprocess.run([*fedunlearn_cmd, "serve", "--resume", str(out), "serve.rounds=3"],
+    # (in-process: the resume is under test here; the first run took the default launch)
+    second = subprocess.run([*fedunlearn_cmd, "serve", "--resume", str(out), "serve.rounds=3",
+                             "runtime.launch=in-process"],
                             capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resuming after round 2" in second.stderr
@@ -75,4 +77,7 @@ def test_serve_answers_mid_training_in_one_pass_then_resumes_after_a_restart(
     again = subprocess.run(
         [*fedunlearn_cmd, "serve", "dataset=digits", "num_clients=3", f"hydra.run.dir={out}"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    # Raised by the ServerApp under `flwr run`: the launcher's one line carries it.
     assert again.returncode != 0 and "already holds a live federation" in again.stderr
+    errors = [line for line in again.stderr.splitlines() if line.startswith("fedunlearn: error")]
+    assert len(errors) == 1 and "already holds a live federation" in errors[0]

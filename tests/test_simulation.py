@@ -45,7 +45,8 @@ def test_two_rounds_then_reuse(fedunlearn_cmd, tmp_path):
     assert "round 2/2" in (out / "serverapp.log").read_text()
 
     (out / "metrics.jsonl").unlink()
-    second = run(fedunlearn_cmd, tmp_path)
+    # The cache, not the launcher, is under test now: the quicker in-process launch.
+    second = run(fedunlearn_cmd, tmp_path, "runtime.launch=in-process")
     assert second.returncode == 0, second.stderr[-2000:]
     again = json.loads((out / "train.json").read_text())
     assert again["reused"] and again["test_accuracy"] == summary["test_accuracy"]

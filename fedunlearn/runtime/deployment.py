@@ -22,9 +22,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from fedunlearn import protocol as P
 from fedunlearn.config import join_overrides
 from fedunlearn.runtime.cluster import LocalCluster
-from fedunlearn.runtime.flwr_cli import APP_DIR, RunTimeout, run_logs, submit
+from fedunlearn.runtime.flwr_cli import APP_DIR, RunTimeout, job_error, run_logs, submit
 from fedunlearn.runtime.processes import DeploymentError
 
 __all__ = ["DeploymentError", "deploy"]
@@ -79,6 +80,7 @@ def deploy(
     run_id: int | None = None
     status, error, last_seen = "error", "", None
     logs = ""
+    (out_dir / P.DONE_FILE).unlink(missing_ok=True)  # an earlier run's word is not this one's
     cluster = LocalCluster(rt, int(cfg.num_clients), home)
     try:
         with cluster:
@@ -123,6 +125,7 @@ def deploy(
             f"(runtime.run_timeout); stopped it and every service "
             f"(see {out_dir / 'deployment.json'})")
     if status != "finished:completed":
-        last = " | ".join(logs.strip().splitlines()[-3:])
-        raise DeploymentError(f"run {run_id} ended '{status}': {last}")
+        # The ServerApp's own error when it left one; else the log's last lines.
+        why = job_error(out_dir / P.DONE_FILE) or " | ".join(logs.strip().splitlines()[-3:])
+        raise DeploymentError(f"run {run_id} ended '{status}': {why}")
     return result

@@ -28,7 +28,7 @@ from fedunlearn.runtime.processes import DeploymentError, service_env
 
 __all__ = [
     "APP_DIR", "CONNECTION", "LOST_SERVERAPP", "RunTimeout", "SuperLinkUnavailable",
-    "run_logs", "stop_run", "submit", "write_connection",
+    "job_error", "run_logs", "stop_run", "submit", "write_connection",
 ]
 
 LOG = logging.getLogger("fedunlearn")
@@ -309,6 +309,17 @@ def _wait(poll: float, done_file: Path | None, quiet_poll: float) -> None:
     until = time.monotonic() + max(poll, quiet_poll)
     while time.monotonic() < until and not done_file.exists():
         time.sleep(0.2)
+
+
+def job_error(done_file: Path) -> str | None:
+    """The one-line error the ServerApp recorded in ``done_file`` when its job raised
+    (:data:`fedunlearn.protocol.DONE_FILE`); None when it did not, or left no file."""
+    try:
+        outcome = json.loads(done_file.read_text())
+    except (OSError, ValueError):
+        return None
+    error = outcome.get("error") if isinstance(outcome, dict) else None
+    return str(error) if error else None
 
 
 def run_logs(home: Path, run_id: int, connection: str = CONNECTION) -> str:

@@ -40,7 +40,14 @@ from omegaconf import DictConfig
 
 from fedunlearn import protocol as P
 from fedunlearn.config import join_overrides
-from fedunlearn.runtime.flwr_cli import APP_DIR, CONNECTION, run_logs, submit, write_connection
+from fedunlearn.runtime.flwr_cli import (
+    APP_DIR,
+    CONNECTION,
+    job_error,
+    run_logs,
+    submit,
+    write_connection,
+)
 from fedunlearn.runtime.processes import (
     DeploymentError,
     Service,
@@ -235,6 +242,7 @@ def simulate_with_flwr(cfg: DictConfig, overrides: list[str], out_dir: Path,
              "stop_seconds": stop_seconds, "superlink_port": service.port,
              "process_groups_stopped": groups}, indent=2))
     if status != "finished:completed":
-        last = " | ".join(line for line in logs.strip().splitlines()[-3:])
-        raise DeploymentError(f"simulation run {run_id} ended '{status}': {last}")
+        # The ServerApp's own error when it left one; else the log's last lines.
+        why = job_error(out_dir / P.DONE_FILE) or " | ".join(logs.strip().splitlines()[-3:])
+        raise DeploymentError(f"simulation run {run_id} ended '{status}': {why}")
     return {"run_id": run_id, "status": status, "process_groups": groups}
