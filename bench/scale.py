@@ -68,8 +68,8 @@ def _kib(path: str, key: str) -> int:
 # What a process is, by the first of these found in its command line.
 KINDS = (("ClientAppActor", "Ray ClientApp actors"), ("flwr-simulation", "flwr-simulation"),
          ("flower-superlink", "SuperLink"), ("flower-superexec", "SuperExec"),
-         ("fedunlearn", "launcher (fedunlearn serve)"), ("gcs_server", "Ray GCS"),
-         ("raylet", "raylet"), ("ray", "other Ray processes"), ("flwr", "flwr CLI"))
+         ("bin/flwr\0", "flwr CLI"), ("bin/fedunlearn\0", "launcher (fedunlearn serve)"),
+         ("gcs_server", "Ray GCS"), ("raylet", "raylet"), ("ray", "other Ray processes"))
 
 
 def _kind(pid: int) -> str:
@@ -163,6 +163,12 @@ def summarize(name: str, clients: int, fraction: float, copies: int, rounds: int
     asked, answered = when(r"request \S+ received"), when(r"answered by NoT")
     during = [s for s in samples if asked <= s["t"] <= answered]
     training = [s for s in samples if s["t"] < asked]
+
+    def server(part: list[dict]) -> float | None:
+        # The ServerApp runs in flwr-simulation (with Flower's simulation engine).
+        return max((s["pss_by_kind_mib"].get("flwr-simulation", 0.0) for s in part),
+                   default=None)
+
     sizes = json.loads((out / "serve.json").read_text()).get("nodes", {})
     later = [r["seconds"] for r in served[1:]] or [served[0]["seconds"]]
     return {
@@ -178,8 +184,9 @@ def summarize(name: str, clients: int, fraction: float, copies: int, rounds: int
         "peak_pss_mib": max(s["pss_mib"] for s in samples),
         "peak_pss_by_kind_mib": max(samples, key=lambda s: s["pss_mib"])["pss_by_kind_mib"],
         "peak_job_rss_mib": max(s["job_rss_mib"] for s in samples),
-        "peak_job_rss_training_mib": max((s["job_rss_mib"] for s in training), default=None),
-        "peak_job_rss_answer_mib": max((s["job_rss_mib"] for s in during), default=None),
+        "request_window_s": [asked, answered],
+        "peak_server_pss_training_mib": server(training),
+        "peak_server_pss_answer_mib": server(during),
         "max_actors": max(s["actors"] for s in samples),
         "max_processes": max(s["processes"] for s in samples),
         "request_polls": polls, "request_polls_per_round": polls / rounds,
@@ -314,12 +321,14 @@ def write_markdown(result: dict, out: Path) -> None:
         "120 training samples at 100 and at 1,000 clients; Dirichlet(0.3); CNN; "
         f"{rows[0]['rounds']} rounds; a client-wise request from client 7 scheduled in "
         f"round {rows[0]['rounds'] - 1}, answered by NoT (5 recovery rounds at the same "
-        "participation). Memory: PSS summed over the whole process tree (job, Ray GCS, "
-        "raylet, workers), sampled every "
-        f"{result['sample_s']} s; job RSS = the process running the ServerApp.",
+        "participation). Memory: PSS summed over the whole process tree (the launcher, "
+        "SuperLink, SuperExec, flwr-simulation, Ray's GCS, raylet and workers), sampled "
+        f"every {result['sample_s']} s; server PSS = the flwr-simulation process, which "
+        "runs the ServerApp (aggregation, central evaluation, the answer) and Flower's "
+        "simulation engine, peak before the request and while it is answered.",
         "",
         "| point | sampled | samples | discovery s | round 1 s | median round s | "
-        "test acc | peak PSS GiB | job RSS MiB (train / answer) | actors | polls/round | "
+        "test acc | peak PSS GiB | server PSS MiB (train / answer) | actors | polls/round | "
         "request s | request MB | request GFLOPs |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | "
         "---: | ---: |",
@@ -330,7 +339,7 @@ def write_markdown(result: dict, out: Path) -> None:
             f"| {r['point']} | {r['sampled']} | {r['training_samples']:,} | "
             f"{r['discovery_s']:.1f} | {r['round_s_first']:.1f} | {r['round_s_median']:.2f} | "
             f"{100 * r['test_accuracy']:.1f} % | {r['peak_pss_mib'] / 1024:.2f} | "
-            f"{r['peak_job_rss_training_mib']:.0f} / {r['peak_job_rss_answer_mib']:.0f} | "
+            f"{r['peak_server_pss_training_mib']:.0f} / {r['peak_server_pss_answer_mib']:.0f} | "
             f"{r['max_actors']} | {r['request_polls_per_round']:.1f} | "
             f"{q['seconds']:.1f} | {q['bytes'] / 1e6:.0f} | {q['flops'] / 1e9:.0f} |")
     by = {r["point"]: r for r in rows}
