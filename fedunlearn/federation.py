@@ -108,6 +108,12 @@ def release_cached() -> None:
     _build.cache_clear()
     clear_cache()
     gc.collect()
+    try:  # glibc keeps freed heap pages for reuse: hand them back to the system
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # another C library: the memory is merely reusable
+        pass
 
 
 @lru_cache(maxsize=4)
