@@ -75,9 +75,9 @@ def test_serve_answers_mid_training_in_one_pass_then_resumes_after_a_restart(
 
     # Starting afresh over a live federation's folder would lose it: refused, one line.
     again = subprocess.run(
-        [*fedunlearn_cmd, "serve", "dataset=digits", "num_clients=3", f"hydra.run.dir={out}"],
+        [*fedunlearn_cmd, "serve", "dataset=digits", "num_clients=3", f"hydra.run.dir={out}",
+         "runtime.launch=in-process"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    # Raised by the ServerApp under `flwr run`: the launcher's one line carries it.
     assert again.returncode != 0 and "already holds a live federation" in again.stderr
     errors = [line for line in again.stderr.splitlines() if line.startswith("fedunlearn: error")]
     assert len(errors) == 1 and "already holds a live federation" in errors[0]
