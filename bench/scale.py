@@ -375,14 +375,17 @@ def write_markdown(result: dict, out: Path) -> None:
     if fold:
         lines += ["", "## Server memory while TIS curvature replies are folded", "",
                   f"Default CNN ({fold[0]['parameters']:,} parameters; a reply holds two "
-                  "float32 diagonals, 4 MB), replies made as a few arrive per pull; peak RSS "
-                  "added by the query, a fresh process per case.", "",
+                  "float32 diagonals, 4 MB), replies made as a few arrive per pull; the peak "
+                  "RSS during the query (VmHWM, reset just before) less the RSS before it, a "
+                  "fresh process per case.", "",
                   "| replies | streamed (`CollectingGrid.stream`) MiB | held as a list MiB |",
                   "| ---: | ---: | ---: |"]
         for count in sorted({f["replies"] for f in fold}):
             got = {f["mode"]: f["added_mib"] for f in fold if f["replies"] == count}
             lines.append(f"| {count} | {got.get('stream', float('nan')):.0f} | "
                          f"{got.get('list', float('nan')):.0f} |")
+    if result.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in result["notes"]]
     lines += ["", "![round time and memory against clients](scale.png)", ""]
     (out / "RESULTS.md").write_text("\n".join(lines))
 
@@ -422,6 +425,7 @@ def main() -> None:
                               args.sample))
         # Kept as each point ends: a later failure loses no measured point.
         (args.out / "results.json").write_text(json.dumps(result, indent=1))
+    rows.sort(key=lambda r: list(POINTS).index(r["point"]))
     if args.fold:
         result["fold"] = fold_memory(args.fold)
     (args.out / "results.json").write_text(json.dumps(result, indent=1))
