@@ -8,8 +8,8 @@ answers it. While the job runs, every ``--sample`` seconds the bench reads from 
 
 - the PSS of the whole process tree (the job, Ray's GCS and raylet, every worker),
   shared pages counted once, and its peak;
-- the RSS of the job process itself (ServerApp: aggregation, central evaluation, the
-  simulation engine's message store);
+- the PSS of each kind of process, among them ``flwr-simulation``, which runs the
+  ServerApp (aggregation, central evaluation, the answer) and Flower's simulation engine;
 - how many Ray ClientApp actors are alive.
 
 The run's own files give round times (``metrics.jsonl``), discovery time and the

@@ -25,7 +25,14 @@ from omegaconf import DictConfig
 from fedunlearn import protocol as P
 from fedunlearn.config import join_overrides
 from fedunlearn.runtime.cluster import LocalCluster
-from fedunlearn.runtime.flwr_cli import APP_DIR, RunTimeout, job_error, run_logs, submit
+from fedunlearn.runtime.flwr_cli import (
+    APP_DIR,
+    RunTimeout,
+    failure_reason,
+    pinned_overrides,
+    run_logs,
+    submit,
+)
 from fedunlearn.runtime.processes import DeploymentError
 
 __all__ = ["DeploymentError", "deploy"]
@@ -68,8 +75,7 @@ def deploy(
     rt = cfg.runtime
     home = Path(rt.flwr_home).resolve() if rt.flwr_home else out_dir / "flwr"
     # The ServerApp runs in another working directory: pin relative paths here.
-    pinned = [o for o in overrides if not o.startswith("cache_dir=")]
-    pinned.append(f"cache_dir={Path(cfg.cache_dir).resolve()}")
+    pinned = pinned_overrides(overrides, cfg.cache_dir)
     if job == "serve":
         # A run resubmitted after its ServerApp died continues the live federation from
         # its checkpoint (a fresh folder has none: it starts from round 1).
@@ -125,7 +131,6 @@ def deploy(
             f"(runtime.run_timeout); stopped it and every service "
             f"(see {out_dir / 'deployment.json'})")
     if status != "finished:completed":
-        # The ServerApp's own error when it left one; else the log's last lines.
-        why = job_error(out_dir / P.DONE_FILE) or " | ".join(logs.strip().splitlines()[-3:])
-        raise DeploymentError(f"run {run_id} ended '{status}': {why}")
+        raise DeploymentError(f"run {run_id} ended '{status}': "
+                              f"{failure_reason(out_dir / P.DONE_FILE, logs)}")
     return result

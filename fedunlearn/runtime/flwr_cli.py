@@ -28,7 +28,8 @@ from fedunlearn.runtime.processes import DeploymentError, service_env
 
 __all__ = [
     "APP_DIR", "CONNECTION", "LOST_SERVERAPP", "RunTimeout", "SuperLinkUnavailable",
-    "job_error", "run_logs", "stop_run", "submit", "write_connection",
+    "failure_reason", "job_error", "pinned_overrides", "run_logs", "stop_run", "submit",
+    "write_connection",
 ]
 
 LOG = logging.getLogger("fedunlearn")
@@ -228,7 +229,7 @@ def submit(
         Called with the run id of each run submitted (e.g. to follow its log).
     done_file : Path, optional
         The file the ServerApp writes when its job returns or raises
-        (:data:`server.app.DONE`). Until it appears the run is looked at only every
+        (:data:`fedunlearn.protocol.DONE_FILE`). Until it appears the run is looked at only every
         ``quiet_poll`` s (to notice a lost ServerApp), every ``poll`` s after: each
         ``flwr ls`` starts a Python process, about 1 s of a core, which a 2-core
         simulation feels, and the end is seen within 0.2 s instead of ``poll``.
@@ -320,6 +321,20 @@ def job_error(done_file: Path) -> str | None:
         return None
     error = outcome.get("error") if isinstance(outcome, dict) else None
     return str(error) if error else None
+
+
+def pinned_overrides(overrides: list[str], cache_dir: str) -> list[str]:
+    """``overrides`` for a ServerApp that runs in another working directory: the relative
+    ``cache_dir`` made absolute here."""
+    pinned = [o for o in overrides if not o.startswith("cache_dir=")]
+    pinned.append(f"cache_dir={Path(cache_dir).resolve()}")
+    return pinned
+
+
+def failure_reason(done_file: Path, logs: str) -> str:
+    """Why a run did not complete, in one line: the error the ServerApp recorded in
+    ``done_file`` (:func:`job_error`), else the last lines of its log."""
+    return job_error(done_file) or " | ".join(logs.strip().splitlines()[-3:])
 
 
 def run_logs(home: Path, run_id: int, connection: str = CONNECTION) -> str:

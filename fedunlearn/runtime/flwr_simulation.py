@@ -43,7 +43,8 @@ from fedunlearn.config import join_overrides
 from fedunlearn.runtime.flwr_cli import (
     APP_DIR,
     CONNECTION,
-    job_error,
+    failure_reason,
+    pinned_overrides,
     run_logs,
     submit,
     write_connection,
@@ -198,15 +199,13 @@ def simulate_with_flwr(cfg: DictConfig, overrides: list[str], out_dir: Path,
     ------
     DeploymentError
         The SuperLink does not start, or the run does not end ``finished:completed``
-        (the message ends with the ServerApp's last log lines).
+        (the message ends with the ServerApp's own error, or its last log lines).
     """
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     home = out_dir / "flwr"
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # The ServerApp runs in another working directory: pin relative paths here.
-    pinned = [o for o in overrides if not o.startswith("cache_dir=")]
-    pinned.append(f"cache_dir={Path(cfg.cache_dir).resolve()}")
+    pinned = pinned_overrides(overrides, cfg.cache_dir)
     started = time.perf_counter()
     run_id, status, logs, groups = None, "error", "", []
     stream = _LogStream(home)
@@ -242,7 +241,6 @@ def simulate_with_flwr(cfg: DictConfig, overrides: list[str], out_dir: Path,
              "stop_seconds": stop_seconds, "superlink_port": service.port,
              "process_groups_stopped": groups}, indent=2))
     if status != "finished:completed":
-        # The ServerApp's own error when it left one; else the log's last lines.
-        why = job_error(out_dir / P.DONE_FILE) or " | ".join(logs.strip().splitlines()[-3:])
-        raise DeploymentError(f"simulation run {run_id} ended '{status}': {why}")
+        raise DeploymentError(f"simulation run {run_id} ended '{status}': "
+                              f"{failure_reason(out_dir / P.DONE_FILE, logs)}")
     return {"run_id": run_id, "status": status, "process_groups": groups}
